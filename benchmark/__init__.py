@@ -1,0 +1,3 @@
+"""aabench: shift-invariance and corruption-robustness benchmarks for image classifiers."""
+
+__version__ = "0.1.0"

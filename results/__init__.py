@@ -1,0 +1,1 @@
+"""Tidy result tables, comparison, statistics, reports and the CI gate."""

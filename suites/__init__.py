@@ -1,0 +1,2 @@
+"""Pluggable benchmark suites: each is a registered dataclass whose defaults are the
+published protocol."""
