@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_state = {"debug": bool(os.environ.get("AABENCH_DEBUG"))}
+_state = {"debug": False}  # set by --debug or AABENCH_DEBUG, read by main()
 _LATER = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
@@ -73,7 +73,7 @@ def models(
         return
     table = Table(title="aabench models (also: torchvision:<name>, timm:<name>)")
     for column in ("name", "arch", "k", "weights", "cached", "licence"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             row["name"],
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     Typer runs in standalone mode, so usage errors, --help and --version exit through
     SystemExit with click's own codes; only our UserError is translated here.
     """
+    _state["debug"] = bool(os.environ.get("AABENCH_DEBUG"))
     try:
         app(args=argv, prog_name="aabench")
     except UserError as error:

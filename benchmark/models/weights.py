@@ -15,7 +15,6 @@ import pickle
 import re
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -29,6 +28,8 @@ from benchmark.errors import UserError
 WEIGHTS_DIR_ENV = "AABENCH_WEIGHTS_DIR"
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
 _CHUNK = 1 << 20
+# What torch's weights-only unpickler says when a file needs a non-allowlisted class.
+_UNSAFE_GLOBAL = "Unsupported global"
 
 
 @dataclass(frozen=True)
@@ -211,17 +212,26 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UserError(
-            f"{path} needs arbitrary unpickling to load (it stores Python objects, not just "
-            "tensors), which could run code, so it was refused; re-save it as a state dict "
-            "with torch.save(model.state_dict(), path)"
-        ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise UserError(
-            f"{path} is not a readable PyTorch checkpoint ({first_line(error)}): check the "
-            "file is complete and was written by torch.save"
-        ) from error
+        if _UNSAFE_GLOBAL in str(error):
+            raise UserError(
+                f"{path} needs arbitrary unpickling to load (it stores Python objects, not "
+                "just tensors), which could run code, so it was refused; re-save it as a "
+                "state dict with torch.save(model.state_dict(), path)"
+            ) from error
+        raise _unreadable(path, error) from error
+    except Exception as error:
+        # A corrupt or truncated file fails deep inside the unpickler with whatever
+        # exception its bytes happen to trigger (KeyError, IndexError, EOFError, ...).
+        raise _unreadable(path, error) from error
     return _normalise_state_dict(_unwrap(loaded, path), path)
+
+
+def _unreadable(path: Path, error: Exception) -> UserError:
+    return UserError(
+        f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: "
+        f"{first_line(error)}): the file is corrupt or truncated, or was not written by "
+        "torch.save; fetch or save it again"
+    )
 
 
 def first_line(error: BaseException) -> str:
@@ -270,7 +280,11 @@ def checkpoint_filter_size(state: dict[str, torch.Tensor]) -> int | None:
 def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     """Load every key, or refuse with one line naming what does not fit."""
     expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
+    # Checkpoints saved before PyTorch 0.4 (torchvision's own DenseNet files among them)
+    # lack BatchNorm's num_batches_tracked; PyTorch fills it in when loading, so do we.
+    missing = [
+        key for key in expected if key not in state and not key.endswith("num_batches_tracked")
+    ]
     unexpected = [key for key in state if key not in expected]
     wrong_shape = [
         f"{key} {tuple(state[key].shape)} != {tuple(value.shape)}"
@@ -291,4 +305,7 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: st
             f"checkpoint does not fit {what}: {'; '.join(problems)}; check that the "
             "checkpoint was trained for this model name"
         )
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise UserError(f"checkpoint does not fit {what}: {first_line(error)}") from error

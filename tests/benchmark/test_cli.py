@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from benchmark import __version__
+from benchmark.cli import main
+from benchmark.errors import UserError
+
+SUBCOMMANDS = ["run", "compare", "gate", "models", "suites", "make-imagenet-c", "bench"]
+
+
+def test_help_lists_every_subcommand(cli):
+    code, out, _ = cli("--help")
+    assert code == 0
+    for name in SUBCOMMANDS:
+        assert name in out
+
+
+def test_version(cli):
+    assert cli("--version")[:2] == (0, f"aabench {__version__}\n")
+
+
+def test_unknown_command_is_a_usage_error(cli):
+    code, _, err = cli("frobnicate")
+    assert code == 2
+    assert "No such command" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "command", ["run", "compare", "gate", "suites", "make-imagenet-c", "bench"]
+)
+def test_unfinished_commands_say_so_in_one_line(cli, command):
+    code, out, err = cli(command, "--model", "resnet18_aa")
+    assert code == 2
+    assert (
+        err.strip()
+        == f"aabench: error: `aabench {command}` is not implemented yet in aabench {__version__}"
+    )
+    assert out == ""
+
+
+def test_debug_lets_the_exception_through():
+    # Without --debug the same call exits 2 with one line (above); with it, the
+    # exception propagates so the interpreter prints the full traceback.
+    with pytest.raises(UserError, match="not implemented yet"):
+        main(["--debug", "run"])
+
+
+def test_models_json_lists_every_name_with_weights_and_licence(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    code, out, _ = cli("models", "--json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert len(rows) == 23 * 9
+    aa = rows["resnet50_aa"]
+    assert (aa["arch"], aa["filter_size"], aa["weights"]) == (
+        "resnet50",
+        4,
+        "resnet50_lpf4_finetune-cad66808.pth",
+    )
+    assert aa["licence"].startswith("CC BY-NC-SA 4.0")
+    assert aa["cached"] is False
+    assert rows["resnet50"]["licence"].startswith("BSD")
+    assert rows["resnet50_aa3"]["weights"] == "resnet50_lpf3-a4e868d2.pth"
+    assert rows["resnet152_aa3"]["weights"] is None
+    assert rows["vgg16_aa"]["preprocessing"]["crop_size"] == 224
+
+
+def test_models_marks_cached_files(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "resnet18_lpf4_finetune-8cc58f59.pth").write_bytes(b"x")
+    code, out, _ = cli("models", "--json", "--weights-dir", str(mirror))
+    cached = {row["name"] for row in json.loads(out) if row["cached"]}
+    assert code == 0
+    assert cached == {"resnet18_aa"}
+
+
+def test_models_table_renders(cli):
+    code, out, _ = cli("models")
+    assert code == 0
+    assert "resnet18_aa" in out
