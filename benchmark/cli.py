@@ -6,13 +6,16 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from benchmark import __version__
 from benchmark.errors import UserError
+from results.table import TIDY_COLUMNS as _TIDY
 
 app = typer.Typer(
     help="Measure how shift-invariant and corruption-robust image classifiers are.",
@@ -90,10 +93,98 @@ def _not_yet(command: str) -> None:
     raise UserError(f"`aabench {command}` is not implemented yet in aabench {__version__}")
 
 
-@app.command(context_settings=_LATER)
-def run() -> None:
-    """Run benchmark suites on a model and write tidy tables (not implemented yet)."""
-    _not_yet("run")
+@app.command()
+def run(
+    model: str = typer.Option(..., "--model", "-m", help="Model name (`aabench models`)."),
+    suite: str = typer.Option(..., "--suite", "-s", help="Suite name(s), comma-separated."),
+    weights: str = typer.Option(
+        None, "--weights", help="Checkpoint PATH or URL, or 'none' for random weights."
+    ),
+    weights_dir: str = typer.Option(
+        None, "--weights-dir", envvar="AABENCH_WEIGHTS_DIR", help="Local weights mirror."
+    ),
+    data: str = typer.Option(
+        "sample", "--data", help="ImageNet val folder, or 'sample' for the embedded set."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:<i>."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Views per forward pass."),
+    workers: int = typer.Option(None, "--workers", help="Decoding workers (default: cores-1)."),
+    amp: str = typer.Option("off", "--amp", help="off, bf16 or fp16."),
+    channels_last: bool = typer.Option(
+        None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
+    ),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    limit: int = typer.Option(None, "--limit", help="Evaluate a deterministic subset of N."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
+    assignments: list[str] = typer.Option(
+        [], "--set", help="Override a suite parameter: --set key=value (repeatable)."
+    ),
+    out: Path = typer.Option(Path("runs"), "--out", help="Output directory."),
+    skip_bad_images: bool = typer.Option(
+        False, "--skip-bad-images", help="Skip (and record) images that cannot be decoded."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary rows as JSON."),
+) -> None:
+    """Run benchmark suites on a model and write tidy tables with provenance."""
+    from benchmark.data.folder import open_image_folder
+    from benchmark.engine import EngineOptions
+    from benchmark.models.zoo import create_model
+    from benchmark.runner import run_suite
+    from suites.params import build_suites
+    from suites.registry import get_suite
+
+    names = [name.strip() for name in suite.split(",") if name.strip()]
+    if not names:
+        raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
+    suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
+    options = EngineOptions(
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile_model,
+        quiet=quiet or as_json,
+        skip_bad_images=skip_bad_images,
+    )
+    folder = open_image_folder(data, limit=limit)
+    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir)
+    summaries = []
+    for suite_object in suite_objects:
+        result = run_suite(loaded, suite_object, folder, options, seed=seed, out=out)
+        summaries.append(result)
+        if result.provenance["data"]["skipped_images"]:
+            skipped = result.provenance["data"]["skipped_images"]
+            print(f"aabench: skipped {len(skipped)} bad image(s): {skipped[:3]}", file=sys.stderr)
+    if as_json:
+        rows = [row for result in summaries for row in _headline(result.table)]
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    for result in summaries:
+        _print_summary(result)
+
+
+def _headline(table) -> list[dict]:
+    """Rows that are not broken down by a dimension (the suite's overall numbers)."""
+    dimensions = [c for c in table.columns if c not in _TIDY]
+    overall = table[table[dimensions].isna().all(axis=1)] if dimensions else table
+    return json.loads(overall[list(_TIDY)].to_json(orient="records"))
+
+
+def _print_summary(result) -> None:
+    console = Console()
+    provenance = result.provenance
+    table = Table(
+        title=f"{provenance['model']} / {provenance['suite']} "
+        f"(n={provenance['n']}, weights {result.table['weights'].iloc[0]})"
+    )
+    for column in ("metric", "value", "unit"):
+        table.add_column(column)
+    for row in _headline(result.table):
+        table.add_row(row["metric"], f"{row['value']:.2f}", row["unit"])
+    console.print(table)
+    console.print(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
 
 
 @app.command(context_settings=_LATER)
@@ -108,10 +199,48 @@ def gate() -> None:
     _not_yet("gate")
 
 
-@app.command(context_settings=_LATER)
-def suites() -> None:
-    """List every suite with its parameters, defaults and metrics (not implemented yet)."""
-    _not_yet("suites")
+@app.command("suites")
+def list_suites(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """List every suite with its parameters, defaults and metrics."""
+    from suites.params import parameter_types
+    from suites.registry import available_suites
+
+    described = []
+    for name, cls in available_suites().items():
+        defaults = cls().parameters()
+        described.append(
+            {
+                "name": name,
+                "description": cls.description,
+                "parameters": {
+                    key: {"type": _type_name(kind), "default": defaults[key]}
+                    for key, kind in parameter_types(cls).items()
+                },
+                "metrics": {key: asdict(metric) for key, metric in cls.metrics.items()},
+                "dimensions": list(cls.dimensions),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(described, indent=1))
+        return
+    console = Console()
+    for suite in described:
+        console.print(f"[bold]{suite['name']}[/bold]: {suite['description']}")
+        for key, parameter in suite["parameters"].items():
+            console.print(
+                escape(f"  --set {key}=  ({parameter['type']}, default {parameter['default']!r})")
+            )
+        for key, metric in suite["metrics"].items():
+            direction = "higher is better" if metric["higher_is_better"] else "lower is better"
+            console.print(
+                escape(f"  metric {key} [{metric['unit']}, {direction}]: {metric['description']}")
+            )
+
+
+def _type_name(kind: object) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
 
 
 @app.command("make-imagenet-c", context_settings=_LATER)

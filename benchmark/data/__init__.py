@@ -1,0 +1,1 @@
+"""Datasets: ImageNet val folders, the embedded sample set, and (later) ImageNet-C / -P."""

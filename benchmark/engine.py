@@ -1,0 +1,353 @@
+"""Runs a model over a suite's views: devices, AMP, channels-last, compile, batching,
+DataLoader workers, progress. Knows nothing about any metric.
+
+Workers decode each image once and cut all its views; the main process only moves
+uint8 views to the device, normalises them there, runs the model in batches of exactly
+``batch_size`` views, and reduces logits to a few numbers per view before they leave
+the device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from torch.utils.data import DataLoader, Dataset
+
+from benchmark.data.folder import ImageFolder
+from benchmark.errors import UserError
+from benchmark.models.zoo import LoadedModel
+from suites.base import Suite
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Per-view outputs the engine computes for every suite.
+OUTPUT_COLUMNS = ("pred", "correct", "top5_correct", "p_true", "p_other")
+
+
+@dataclass
+class EngineOptions:
+    device: str = "auto"
+    batch_size: int = 64  # views per forward pass
+    workers: int | None = None  # None: one per spare core, at most 8
+    amp: str = "off"
+    channels_last: bool | None = None  # None: on for CUDA, off on the CPU
+    compile: bool = False
+    quiet: bool = False
+    skip_bad_images: bool = False
+
+    def __post_init__(self):
+        if self.amp not in AMP_DTYPES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {self.workers}")
+
+    def uses_channels_last(self, device: torch.device) -> bool:
+        if self.channels_last is None:
+            return device.type == "cuda"
+        return self.channels_last
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers is not None:
+            return self.workers
+        return min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class Evaluation:
+    records: pd.DataFrame  # one row per (image, view)
+    seconds: float
+    images: int
+    views: int
+    skipped: list[str] = field(default_factory=list)  # "path: reason"
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def views_per_second(self) -> float:
+        return self.views / self.seconds if self.seconds > 0 else math.nan
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {spec} asked for a GPU but PyTorch sees none on this machine: "
+                "use --device cpu (or auto), or install a CUDA build of PyTorch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s) "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif device.type != "cpu":
+        raise UserError(f"unsupported device {spec!r}: use auto, cpu, cuda or cuda:<index>")
+    return device
+
+
+class ViewDataset(Dataset):
+    """Item i: the decoded image at position i of the folder, as the suite's views."""
+
+    def __init__(self, folder: ImageFolder, suite: Suite, model: LoadedModel, seed: int):
+        self.root = folder.root
+        self.samples = folder.samples
+        self.suite = suite
+        self.preprocessing = model.preprocessing
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, position: int) -> dict:
+        sample = self.samples[position]
+        try:
+            image = decode(self.root / sample.path)
+        except BadImage as error:
+            return {"position": position, "error": str(error)}
+        prepared = self.suite.prepare(image, self.preprocessing)
+        views = self.suite.views(prepared, sample, position, self.seed)
+        return {"position": position, "views": views.images, "meta": views.meta}
+
+
+class BadImage(Exception):
+    pass
+
+
+def decode(path: Path) -> Image.Image:
+    """Open and fully decode an image as RGB; a corrupt or truncated file is a BadImage."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadImage(f"{type(error).__name__}: {error}") from error
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items
+
+
+def _worker_init(_: int) -> None:
+    # Workers cut and stack tensors; one thread each leaves the cores to the model.
+    torch.set_num_threads(1)
+
+
+class PreparedModel:
+    """The model on its device, with normalisation and output reduction beside it."""
+
+    def __init__(self, model: LoadedModel, device: torch.device, options: EngineOptions):
+        self.device = device
+        self.amp_dtype = AMP_DTYPES[options.amp]
+        self.channels_last = options.uses_channels_last(device)
+        module = model.module.to(device).eval()
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = torch.compile(module) if options.compile else module
+        pre = model.preprocessing
+        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
+
+    @torch.inference_mode()
+    def logits(self, views: torch.Tensor) -> torch.Tensor:
+        x = views.to(self.device, non_blocking=True).float()
+        # (x/255 - mean)/std, folded into one subtraction and one division.
+        x = (x - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
+        ):
+            return self.module(x).float()
+
+    @torch.inference_mode()
+    def reduce(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+        logits = self.logits(views)
+        labels = labels.to(self.device)
+        probs = logits.softmax(dim=1)
+        pred = logits.argmax(dim=1)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        safe = labels.clamp(min=0)[:, None]
+        p_true = probs.gather(1, safe)[:, 0]
+        p_other = probs.scatter(1, safe, -1.0).max(dim=1).values
+        known = labels >= 0
+        outputs = {
+            "pred": pred,
+            "correct": (pred == labels) & known,
+            "top5_correct": (top5 == labels[:, None]).any(dim=1) & known,
+            "p_true": torch.where(known, p_true, torch.nan),
+            "p_other": p_other,
+        }
+        return {key: value.cpu().numpy() for key, value in outputs.items()}
+
+
+def evaluate(
+    model: LoadedModel,
+    suite: Suite,
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> Evaluation:
+    device = device or resolve_device(options.device)
+    prepared = PreparedModel(model, device, options)
+    dataset = ViewDataset(folder, suite, model, seed)
+    per_image = max(1, suite.views_per_image())
+    loader = DataLoader(
+        dataset,
+        batch_size=max(1, math.ceil(options.batch_size / per_image)),
+        shuffle=False,
+        num_workers=options.worker_count,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_worker_init if options.worker_count else None,
+    )
+    batcher = _ViewBatcher(prepared, options.batch_size)
+    skipped: list[str] = []
+    start = time.perf_counter()
+    with _progress(options.quiet, suite.name, len(dataset)) as advance:
+        for items in loader:
+            for item in items:
+                sample = folder.samples[item["position"]]
+                if "error" in item:
+                    message = f"{sample.path}: {item['error']}"
+                    if not options.skip_bad_images:
+                        raise UserError(
+                            f"cannot decode image {folder.root / sample.path} "
+                            f"({item['error']}): fix or remove it, or pass --skip-bad-images "
+                            "to skip it (skipped images are recorded in the provenance)"
+                        )
+                    skipped.append(message)
+                    advance(1)
+                    continue
+                batcher.add(item, sample.label)
+            advance(batcher.run_full_batches() / per_image)
+        advance(batcher.flush() / per_image)
+    seconds = time.perf_counter() - start
+    records = batcher.records(folder)
+    return Evaluation(
+        records=records,
+        seconds=seconds,
+        images=len(dataset) - len(skipped),
+        views=len(records),
+        skipped=skipped,
+    )
+
+
+class _ViewBatcher:
+    """Queues views of many images and runs them in forward passes of exactly
+    ``batch_size`` views (the last pass may be smaller)."""
+
+    def __init__(self, model: PreparedModel, batch_size: int):
+        self.model = model
+        self.batch_size = batch_size
+        self.pending: list[torch.Tensor] = []
+        self.pending_labels: list[torch.Tensor] = []
+        self.pending_count = 0
+        self.positions: list[np.ndarray] = []
+        self.view_index: list[np.ndarray] = []
+        self.meta: list[dict[str, np.ndarray]] = []
+        self.outputs: list[dict[str, np.ndarray]] = []
+
+    def add(self, item: dict, label: int) -> None:
+        views = item["views"]
+        count = views.shape[0]
+        self.pending.append(views)
+        self.pending_labels.append(torch.full((count,), label, dtype=torch.int64))
+        self.pending_count += count
+        self.positions.append(np.full(count, item["position"]))
+        self.view_index.append(np.arange(count))
+        self.meta.append(item["meta"])
+
+    def run_full_batches(self) -> int:
+        done = 0
+        while self.pending_count >= self.batch_size:
+            done += self._run(self.batch_size)
+        return done
+
+    def flush(self) -> int:
+        return self._run(self.pending_count) if self.pending_count else 0
+
+    def _run(self, count: int) -> int:
+        views = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+        labels = torch.cat(self.pending_labels)
+        self.outputs.append(self.model.reduce(views[:count], labels[:count]))
+        rest = views.shape[0] - count
+        self.pending = [views[count:]] if rest else []
+        self.pending_labels = [labels[count:]] if rest else []
+        self.pending_count = rest
+        return count
+
+    def records(self, folder: ImageFolder) -> pd.DataFrame:
+        positions = np.concatenate(self.positions) if self.positions else np.zeros(0, int)
+        columns: dict[str, object] = {
+            "sample": [folder.samples[p].path for p in positions],
+            "view": np.concatenate(self.view_index) if self.view_index else [],
+            "label": [folder.samples[p].label for p in positions],
+        }
+        for key in OUTPUT_COLUMNS:
+            parts = [output[key] for output in self.outputs]
+            columns[key] = np.concatenate(parts) if parts else []
+        meta_keys = list(self.meta[0]) if self.meta else []
+        for key in meta_keys:
+            columns[key] = np.concatenate([meta[key] for meta in self.meta])
+        return pd.DataFrame(columns)
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} img/s" if speed else "- img/s")
+
+
+class _progress:
+    """A rich progress bar on stderr (images done, images/s, ETA), or nothing if quiet."""
+
+    def __init__(self, quiet: bool, name: str, total: int):
+        self.quiet, self.name, self.total = quiet, name, total
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda amount: None
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.bar.__enter__()
+        task = self.bar.add_task(self.name, total=self.total)
+        return lambda amount: self.bar.advance(task, amount)
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.bar.__exit__(*exc)
+        return False

@@ -1,0 +1,50 @@
+"""Atomic writes: a reader never sees a half-written table, and an error never leaves one.
+
+Each file is written to a temporary name in its destination directory, flushed to disk,
+then renamed over the destination (atomic on POSIX file systems).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    # mkstemp creates 0600; give the file the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    compression = "gzip" if path.name.endswith(".gz") else None
+    write_atomic(
+        path,
+        lambda temporary: table.to_csv(temporary, index=False, compression=compression),
+    )
+
+
+def write_json(data: dict, path: Path) -> None:
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as out:
+            json.dump(data, out, indent=2, sort_keys=False, default=str)
+            out.write("\n")
+
+    write_atomic(path, write)

@@ -1,0 +1,83 @@
+"""What every suite is: a dataclass of protocol parameters that turns one decoded image
+into views, and per-view records into tidy metric rows.
+
+A suite never touches devices or files: the engine decodes, batches and runs the model;
+the suite only says which views to cut and how to summarise what the model said.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from benchmark.data.folder import Sample
+from benchmark.models.preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class Metric:
+    unit: str
+    higher_is_better: bool
+    description: str
+
+
+@dataclass
+class Views:
+    """The views of one image (uint8, N x 3 x H x W) and one metadata value per view."""
+
+    images: torch.Tensor
+    meta: dict[str, np.ndarray]
+
+
+@dataclass
+class Suite(abc.ABC):
+    """Base class. Subclasses are dataclasses whose field defaults are the published
+    protocol; ``--set key=value`` overrides any field."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    metrics: ClassVar[dict[str, Metric]]
+    # Columns that qualify a metric row (offset, corruption, ...), in table order.
+    dimensions: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def prepare(self, image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
+        """Decoded RGB image -> the uint8 C x H x W tensor all views are cut from."""
+
+    def views_per_image(self) -> int:
+        """How many views ``views`` returns per image (sizes the loader's batches)."""
+        return 1
+
+    @abc.abstractmethod
+    def views(self, image: torch.Tensor, sample: Sample, position: int, seed: int) -> Views:
+        """All views of one image. ``position``: its place in the evaluated list."""
+
+    @abc.abstractmethod
+    def summarise(self, records: pd.DataFrame) -> list[dict]:
+        """Per-view records -> metric rows: {metric, value, n, <dimension>: ...}."""
+
+    def parameters(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resize_and_center_crop(
+    image: Image.Image, resize_size: int, crop_size: int, interpolation: str
+) -> torch.Tensor:
+    """Resize the short side, centre-crop, and return uint8 C x H x W (no normalisation)."""
+    mode = InterpolationMode(interpolation)
+    resized = TF.resize(image, resize_size, interpolation=mode)
+    cropped = TF.center_crop(resized, crop_size)
+    return TF.pil_to_tensor(cropped)
+
+
+def percent(values) -> float:
+    return float(100.0 * np.mean(values))

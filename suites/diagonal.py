@@ -1,0 +1,80 @@
+"""Diagonal shift (Zhang 2019): 33 crops at (o, o), o = 0..32, of the 256 centre crop.
+
+Per offset: accuracy and mean p(true class). Per image, along the diagonal: ``wobble``
+(max - min p(true class), users' issue #44) and ``flips`` (how often the top-1 changes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.errors import UserError
+from suites.base import Metric, Suite, Views, percent, resize_and_center_crop
+
+
+@dataclass
+class DiagonalSuite(Suite):
+    name = "diagonal"
+    description = "Diagonal shift: accuracy and p(true class) against offset, wobble, flips."
+    metrics = {  # noqa: RUF012 - class-level protocol facts
+        "accuracy": Metric("%", True, "top-1 accuracy at this offset (all offsets if blank)"),
+        "p_true": Metric("%", True, "mean probability of the true class at this offset"),
+        "wobble": Metric("%", False, "mean over images of max - min p(true class)"),
+        "flips": Metric("count", False, "mean number of top-1 changes along the diagonal"),
+    }
+    dimensions = ("offset",)
+
+    max_offset: int = 32
+
+    def __post_init__(self):
+        if self.max_offset < 1:
+            raise UserError(f"diagonal max_offset must be at least 1, got {self.max_offset}")
+
+    def prepare(self, image, preprocessing):
+        base = preprocessing.crop_size + self.max_offset
+        return resize_and_center_crop(
+            image, preprocessing.resize_size, base, preprocessing.interpolation
+        )
+
+    def views_per_image(self) -> int:
+        return self.max_offset + 1
+
+    def views(self, image, sample, position, seed):
+        crop = image.shape[-1] - self.max_offset
+        offsets = np.arange(self.max_offset + 1)
+        crops = [image[:, o : o + crop, o : o + crop] for o in offsets]
+        return Views(torch.stack(crops), {"offset": offsets})
+
+    def summarise(self, records: pd.DataFrame) -> list[dict]:
+        n = records["sample"].nunique()
+        rows = []
+        for offset, group in records.groupby("offset", sort=True):
+            rows += [
+                {
+                    "metric": "accuracy",
+                    "offset": int(offset),
+                    "value": percent(group["correct"]),
+                    "n": n,
+                },
+                {
+                    "metric": "p_true",
+                    "offset": int(offset),
+                    "value": percent(group["p_true"]),
+                    "n": n,
+                },
+            ]
+        curves = records.sort_values(["sample", "offset"], kind="stable")
+        width = self.max_offset + 1
+        p_true = curves["p_true"].to_numpy().reshape(-1, width)
+        preds = curves["pred"].to_numpy().reshape(-1, width)
+        flips = (preds[:, 1:] != preds[:, :-1]).sum(axis=1)
+        rows += [
+            {"metric": "accuracy", "value": percent(records["correct"]), "n": n},
+            {"metric": "wobble", "value": percent(p_true.max(axis=1) - p_true.min(axis=1)), "n": n},
+            {"metric": "flips", "value": float(np.mean(flips)), "n": n},
+        ]
+        return rows
