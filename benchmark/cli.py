@@ -249,10 +249,73 @@ def make_imagenet_c() -> None:
     _not_yet("make-imagenet-c")
 
 
-@app.command(context_settings=_LATER)
-def bench() -> None:
-    """Measure forward-only, pipeline and end-to-end images/s (not implemented yet)."""
-    _not_yet("bench")
+@app.command("bench")
+def bench_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model name (`aabench models`)."),
+    suite: str = typer.Option("shift", "--suite", "-s", help="The suite to run end to end."),
+    weights: str = typer.Option(
+        None, "--weights", help="Checkpoint PATH or URL, or 'none' for random weights."
+    ),
+    weights_dir: str = typer.Option(
+        None, "--weights-dir", envvar="AABENCH_WEIGHTS_DIR", help="Local weights mirror."
+    ),
+    data: str = typer.Option("sample", "--data", help="Image folder, or 'sample'."),
+    images: int = typer.Option(64, "--images", help="Images to run end to end (cycled)."),
+    seconds: float = typer.Option(10.0, "--seconds", help="Duration of the forward-only run."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:<i>."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Views per forward pass."),
+    workers: int = typer.Option(None, "--workers", help="Decoding workers (default: cores-1)."),
+    amp: str = typer.Option("off", "--amp", help="off, bf16 or fp16."),
+    channels_last: bool = typer.Option(
+        None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
+    ),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    assignments: list[str] = typer.Option([], "--set", help="Override a suite parameter."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+) -> None:
+    """Measure forward-only, pipeline-only and end-to-end throughput (views/s)."""
+    import torch
+
+    from benchmark.bench import bench
+    from benchmark.data.folder import open_image_folder
+    from benchmark.engine import EngineOptions
+    from benchmark.models.zoo import create_model
+    from suites.params import build_suites
+    from suites.registry import get_suite
+
+    (suite_object,) = build_suites([suite], [get_suite(suite)], assignments)
+    options = EngineOptions(
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile_model,
+    )
+    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir)
+    folder = open_image_folder(data)
+    result = bench(loaded, suite_object, folder, options, images=images, seconds=seconds)
+    report = {
+        "model": model,
+        "suite": suite,
+        "device": options.device,
+        "batch_size": batch_size,
+        "amp": amp,
+        "threads": torch.get_num_threads(),
+        "workers": options.worker_count,
+        "images": result.images,
+        "views_per_image": result.views_per_image,
+        "forward_views_per_second": result.forward_views_per_second,
+        "pipeline_views_per_second": result.pipeline_views_per_second,
+        "end_to_end_views_per_second": result.end_to_end_views_per_second,
+        "end_to_end_over_forward": result.end_to_end_over_forward,
+        "pipeline_over_forward": result.pipeline_over_forward,
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    for key, value in report.items():
+        typer.echo(f"{key:30s} {value:.3f}" if isinstance(value, float) else f"{key:30s} {value}")
 
 
 def main(argv: list[str] | None = None) -> None:
