@@ -278,7 +278,7 @@ def bench_command(
 
     from benchmark.bench import bench
     from benchmark.data.folder import open_image_folder
-    from benchmark.engine import EngineOptions
+    from benchmark.engine import EngineOptions, resolve_device
     from benchmark.models.zoo import create_model
     from suites.params import build_suites
     from suites.registry import get_suite
@@ -298,7 +298,7 @@ def bench_command(
     report = {
         "model": model,
         "suite": suite,
-        "device": options.device,
+        "device": str(resolve_device(options.device)),
         "batch_size": batch_size,
         "amp": amp,
         "threads": torch.get_num_threads(),
