@@ -149,7 +149,7 @@ def run(
         skip_bad_images=skip_bad_images,
     )
     folder = open_image_folder(data, limit=limit)
-    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir)
+    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, init_seed=seed)
     summaries = []
     for suite_object in suite_objects:
         result = run_suite(loaded, suite_object, folder, options, seed=seed, out=out)

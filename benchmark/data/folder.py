@@ -67,15 +67,15 @@ def open_image_folder(data: str | Path, limit: int | None = None) -> ImageFolder
             f"--data {root} is a file: pass the ImageNet val directory that holds one "
             "folder per wnid (n01440764, ...)"
         )
-    if not _class_dirs(root) and (root / "val").is_dir():
-        root = root / "val"
+    known = wnid_to_index()
+    if (root / "val").is_dir() and not any(d.name in known for d in _class_dirs(root)):
+        root = root / "val"  # an ImageNet root holding train/ and val/
     class_dirs = _class_dirs(root)
     if not class_dirs:
         raise UserError(
             f"{root} holds no class folders: expected ImageNet val in folder layout "
             "<root>/<wnid>/<image> (e.g. <root>/n01440764/ILSVRC2012_val_00000293.JPEG)"
         )
-    known = wnid_to_index()
     unknown = [d.name for d in class_dirs if d.name not in known]
     if unknown:
         shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")

@@ -175,15 +175,19 @@ def create_model(
     name: str,
     weights: str | None = None,
     weights_dir_path: str | os.PathLike | None = None,
+    init_seed: int = 0,
 ) -> LoadedModel:
     """Build ``name`` in eval mode and load its weights.
 
     ``weights``: None for the name's default (released or torchvision) weights, "none" for
     random initialisation, or a path / URL of any checkpoint in a supported container.
+    ``init_seed`` seeds the random initialisation, so "none" weights are reproducible.
     """
     spec = parse_model_name(name)
     if spec.family == "timm":
-        return _create_timm(spec, weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            return _create_timm(spec, weights)
     mirror = weights_dir(weights_dir_path)
     if weights is None and spec.weights is None:
         raise UserError(
@@ -209,7 +213,9 @@ def create_model(
         record = WeightsRecord(
             name="user checkpoint", file=str(path), sha256=digest, licence="unknown", url=url
         )
-    module = _build(spec, state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        module = _build(spec, state)
     if state is not None:
         if spec.family == "torchvision":
             state = _rename_old_densenet_keys(state)

@@ -27,7 +27,7 @@ def test_unknown_command_is_a_usage_error(cli):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["compare", "gate", "make-imagenet-c", "bench"])
+@pytest.mark.parametrize("command", ["compare", "gate", "make-imagenet-c"])
 def test_unfinished_commands_say_so_in_one_line(cli, command):
     code, out, err = cli(command, "--model", "resnet18_aa")
     assert code == 2

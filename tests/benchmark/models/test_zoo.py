@@ -474,3 +474,11 @@ def test_densenet_legacy_checkpoint_without_num_batches_tracked(tmp_path):
     loaded = create_model("densenet121", weights=str(path))
     x = small_input()
     assert torch.equal(logits(loaded.module, x), logits(source, x))
+
+
+def test_random_weights_are_reproducible_from_the_seed():
+    first = create_model("resnet18_aa", weights="none", init_seed=3).module.state_dict()
+    again = create_model("resnet18_aa", weights="none", init_seed=3).module.state_dict()
+    other = create_model("resnet18_aa", weights="none", init_seed=4).module.state_dict()
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["fc.weight"], other["fc.weight"])
