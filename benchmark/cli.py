@@ -26,6 +26,31 @@ app = typer.Typer(
 _state = {"debug": False}  # set by --debug or AABENCH_DEBUG, read by main()
 _LATER = {"allow_extra_args": True, "ignore_unknown_options": True}
 
+# Options shared by several commands, declared once.
+MODEL = typer.Option(..., "--model", "-m", help="Model name (`aabench models`).")
+WEIGHTS = typer.Option(
+    None, "--weights", help="Checkpoint PATH or URL, or 'none' for random weights."
+)
+WEIGHTS_DIR = typer.Option(
+    None,
+    "--weights-dir",
+    envvar="AABENCH_WEIGHTS_DIR",
+    help="Local mirror directory, searched by file name before the cache.",
+)
+DATA = typer.Option(
+    "sample", "--data", help="ImageNet val folder, or 'sample' for the embedded set."
+)
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:<i>.")
+BATCH_SIZE = typer.Option(64, "--batch-size", help="Views per forward pass.")
+WORKERS = typer.Option(None, "--workers", help="Decoding workers (default: cores-1).")
+AMP = typer.Option("off", "--amp", help="off, bf16 or fp16.")
+CHANNELS_LAST = typer.Option(
+    None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
+)
+COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
+SET = typer.Option([], "--set", help="Override a suite parameter: --set key=value (repeatable).")
+JSON = typer.Option(False, "--json", help="Print JSON for machines.")
+
 
 def _version(value: bool) -> None:
     if value:
@@ -45,13 +70,8 @@ def _root(
 
 @app.command()
 def models(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
-    weights_dir: str = typer.Option(
-        None,
-        "--weights-dir",
-        envvar="AABENCH_WEIGHTS_DIR",
-        help="Local mirror directory, searched by file name before the cache.",
-    ),
+    as_json: bool = JSON,
+    weights_dir: str = WEIGHTS_DIR,
 ) -> None:
     """List every built-in model name with its filter size, weights and licence."""
     from benchmark.models.weights import weights_dir as resolve_weights_dir
@@ -95,36 +115,26 @@ def _not_yet(command: str) -> None:
 
 @app.command()
 def run(
-    model: str = typer.Option(..., "--model", "-m", help="Model name (`aabench models`)."),
+    model: str = MODEL,
     suite: str = typer.Option(..., "--suite", "-s", help="Suite name(s), comma-separated."),
-    weights: str = typer.Option(
-        None, "--weights", help="Checkpoint PATH or URL, or 'none' for random weights."
-    ),
-    weights_dir: str = typer.Option(
-        None, "--weights-dir", envvar="AABENCH_WEIGHTS_DIR", help="Local weights mirror."
-    ),
-    data: str = typer.Option(
-        "sample", "--data", help="ImageNet val folder, or 'sample' for the embedded set."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:<i>."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Views per forward pass."),
-    workers: int = typer.Option(None, "--workers", help="Decoding workers (default: cores-1)."),
-    amp: str = typer.Option("off", "--amp", help="off, bf16 or fp16."),
-    channels_last: bool = typer.Option(
-        None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
-    ),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    weights: str = WEIGHTS,
+    weights_dir: str = WEIGHTS_DIR,
+    data: str = DATA,
+    device: str = DEVICE,
+    batch_size: int = BATCH_SIZE,
+    workers: int = WORKERS,
+    amp: str = AMP,
+    channels_last: bool = CHANNELS_LAST,
+    compile_model: bool = COMPILE,
     limit: int = typer.Option(None, "--limit", help="Evaluate a deterministic subset of N."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
-    assignments: list[str] = typer.Option(
-        [], "--set", help="Override a suite parameter: --set key=value (repeatable)."
-    ),
+    assignments: list[str] = SET,
     out: Path = typer.Option(Path("runs"), "--out", help="Output directory."),
     skip_bad_images: bool = typer.Option(
         False, "--skip-bad-images", help="Skip (and record) images that cannot be decoded."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary rows as JSON."),
+    as_json: bool = JSON,
 ) -> None:
     """Run benchmark suites on a model and write tidy tables with provenance."""
     from benchmark.data.folder import open_image_folder
@@ -201,7 +211,7 @@ def gate() -> None:
 
 @app.command("suites")
 def list_suites(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    as_json: bool = JSON,
 ) -> None:
     """List every suite with its parameters, defaults and metrics."""
     from suites.params import parameter_types
@@ -251,27 +261,21 @@ def make_imagenet_c() -> None:
 
 @app.command("bench")
 def bench_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model name (`aabench models`)."),
+    model: str = MODEL,
     suite: str = typer.Option("shift", "--suite", "-s", help="The suite to run end to end."),
-    weights: str = typer.Option(
-        None, "--weights", help="Checkpoint PATH or URL, or 'none' for random weights."
-    ),
-    weights_dir: str = typer.Option(
-        None, "--weights-dir", envvar="AABENCH_WEIGHTS_DIR", help="Local weights mirror."
-    ),
-    data: str = typer.Option("sample", "--data", help="Image folder, or 'sample'."),
+    weights: str = WEIGHTS,
+    weights_dir: str = WEIGHTS_DIR,
+    data: str = DATA,
     images: int = typer.Option(64, "--images", help="Images to run end to end (cycled)."),
     seconds: float = typer.Option(10.0, "--seconds", help="Duration of the forward-only run."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:<i>."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Views per forward pass."),
-    workers: int = typer.Option(None, "--workers", help="Decoding workers (default: cores-1)."),
-    amp: str = typer.Option("off", "--amp", help="off, bf16 or fp16."),
-    channels_last: bool = typer.Option(
-        None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
-    ),
-    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    assignments: list[str] = typer.Option([], "--set", help="Override a suite parameter."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
+    device: str = DEVICE,
+    batch_size: int = BATCH_SIZE,
+    workers: int = WORKERS,
+    amp: str = AMP,
+    channels_last: bool = CHANNELS_LAST,
+    compile_model: bool = COMPILE,
+    assignments: list[str] = SET,
+    as_json: bool = JSON,
 ) -> None:
     """Measure forward-only, pipeline-only and end-to-end throughput (views/s)."""
     import torch
