@@ -197,16 +197,144 @@ def _print_summary(result) -> None:
     console.print(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
 
 
-@app.command(context_settings=_LATER)
-def compare() -> None:
-    """Compare result tables and say whether differences are real (not implemented yet)."""
-    _not_yet("compare")
+@app.command("compare")
+def compare_command(
+    paths: list[str] = typer.Argument(
+        ..., help="Tables (<suite>.csv) or run directories; the first is the reference."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Write a report: report.html or .md."),
+    metric: list[str] = typer.Option([], "--metric", help="Only these metrics (repeatable)."),
+    published: str = typer.Option(
+        None, "--published", help="Compare against published numbers (e.g. antialiased-cnns)."
+    ),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Compare runs of different protocols or data anyway."
+    ),
+    all_rows: bool = typer.Option(
+        False, "--all-rows", help="Also print rows broken down by a dimension (per offset...)."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    as_json: bool = JSON,
+) -> None:
+    """Compare runs: aligned values, deltas, and whether each difference is real."""
+    from results.compare import compare_groups, dimension_columns, load_runs
+
+    groups = load_runs(paths)
+    if published:
+        from results.published import published_reference
+
+        groups = [[published_reference(published, group[0]), *group] for group in groups]
+    elif len(paths) < 2:
+        raise UserError("compare needs two or more tables or run directories (or --published)")
+    comparison = compare_groups(
+        groups,
+        allow_mismatch=allow_mismatch,
+        metrics=metric or None,
+        replicates=bootstrap,
+        seed=seed,
+    )
+    dims = dimension_columns(groups)
+    if out is not None:
+        from results.report import write_report
+
+        write_report(comparison, out)
+    if as_json:
+        typer.echo(comparison.rows.to_json(orient="records", indent=1))
+        return
+    _print_comparison(comparison, dims, all_rows)
+    if out is not None:
+        Console().print(f"report: {out}")
 
 
-@app.command(context_settings=_LATER)
-def gate() -> None:
-    """Fail CI when a candidate regresses against a reference (not implemented yet)."""
-    _not_yet("gate")
+def _print_comparison(comparison, dims: list[str], all_rows: bool) -> None:
+    console = Console()
+    for warning in comparison.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    rows = comparison.rows
+    present = [d for d in dims if d in rows]
+    if present and not all_rows:
+        rows = rows[rows[present].isna().all(axis=1)]
+    several = rows["candidate"].nunique() > 1
+    table = Table(title=f"reference: {escape(comparison.runs[0].label)}")
+    columns = ["suite", "metric", *present, "unit", "reference"]
+    columns += ["candidate", "value"] if several else [escape(comparison.runs[1].label)]
+    for column in [*columns, "delta", "paired test"]:
+        table.add_column(column)
+    for _, row in rows.iterrows():
+        colour = "green" if row["improved"] else ("red" if row["delta"] != 0 else "white")
+        candidate = [escape(row["candidate"])] if several else []
+        table.add_row(
+            row["suite"],
+            row["metric"],
+            *[_cell(row.get(d)) for d in present],
+            row["unit"],
+            f"{row['reference_value']:.2f}",
+            *candidate,
+            f"{row['candidate_value']:.2f}",
+            f"[{colour}]{row['delta']:+.2f}[/]",
+            _significance(row),
+        )
+    console.print(table)
+
+
+def _cell(value) -> str:
+    import pandas as pd
+
+    return "" if value is None or pd.isna(value) else str(value)
+
+
+def _significance(row) -> str:
+    if not _cell(row["test"]):
+        return "no paired statistics"
+    mark = " *" if row["significant"] else ""
+    if row["test"] == "mcnemar":
+        return f"McNemar p={row['p_value']:.3g}{mark}"
+    return f"95% CI [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]{mark}"
+
+
+@app.command("gate")
+def gate_command(
+    reference: str = typer.Option(..., "--reference", help="Reference table or run directory."),
+    candidate: str = typer.Option(..., "--candidate", help="Candidate table or run directory."),
+    rules: Path = typer.Option(None, "--rules", help="Rules file (TOML); default: README's."),
+    summary: Path = typer.Option(None, "--summary", help="Write a Markdown summary here."),
+    allow_mismatch: bool = typer.Option(
+        False, "--allow-mismatch", help="Gate runs of different protocols or data anyway."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+) -> None:
+    """Exit 1 when the candidate regresses beyond the rules, 0 when it does not."""
+    from results.compare import compare_groups, dimension_columns, load_runs
+    from results.files import write_atomic
+    from results.gate import DEFAULT_RULES, apply_rules, load_rules, summary_markdown
+
+    rule_list = load_rules(rules) if rules else list(DEFAULT_RULES)
+    groups = load_runs([reference, candidate])
+    comparison = compare_groups(
+        groups, allow_mismatch=allow_mismatch, replicates=bootstrap, seed=seed
+    )
+    dims = dimension_columns(groups)
+    result = apply_rules(comparison, rule_list, dims)
+    if summary is not None:
+        text = summary_markdown(result, dims)
+        write_atomic(summary, lambda temporary: Path(temporary).write_text(text))
+    console = Console()
+    for warning in comparison.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    if result.passed:
+        console.print(f"gate passed: {len(result.checked)} metric(s) within the rules")
+        return
+    console.print(f"[bold red]gate failed[/]: {len(result.failures)} regression(s)")
+    for _, row in result.failures.iterrows():
+        console.print(
+            escape(
+                f"  {row['suite']}.{row['metric']}: {row['reference_value']:.2f} -> "
+                f"{row['candidate_value']:.2f} ({row['delta']:+.2f}); rule {row['rule']}"
+            )
+        )
+    raise typer.Exit(1)
 
 
 @app.command("suites")

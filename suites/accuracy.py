@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
-from suites.base import Metric, Suite, Views, percent, resize_and_center_crop
+from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 
 @dataclass
@@ -15,8 +14,8 @@ class AccuracySuite(Suite):
     name = "accuracy"
     description = "Top-1 / top-5 accuracy on the centre crop."
     metrics = {  # noqa: RUF012 - class-level protocol facts
-        "top1": Metric("%", True, "top-1 accuracy"),
-        "top5": Metric("%", True, "top-5 accuracy"),
+        "top1": Metric("%", True, "top-1 accuracy", outcome=True),
+        "top5": Metric("%", True, "top-5 accuracy", outcome=True),
     }
 
     resize_size: int | None = None  # None: the model's own (256 for ImageNet CNNs)
@@ -33,13 +32,11 @@ class AccuracySuite(Suite):
     def views(self, image, sample, position, seed):
         return Views(image[None], {})
 
-    def summarise(self, records: pd.DataFrame) -> list[dict]:
-        n = len(records)
-        return [
-            {"metric": "top1", "value": percent(records["correct"]), "n": n},
-            {
-                "metric": "top5",
-                "value": percent(records["top5_correct"].astype(np.float64)),
-                "n": n,
-            },
-        ]
+    def terms(self, records: pd.DataFrame) -> pd.DataFrame:
+        return pd.concat(
+            [
+                term_frame("top1", records["sample"], records["correct"]),
+                term_frame("top5", records["sample"], records["top5_correct"]),
+            ],
+            ignore_index=True,
+        )

@@ -28,6 +28,14 @@ class Metric:
     unit: str
     higher_is_better: bool
     description: str
+    # A rate of right/wrong outcomes: paired runs get an exact McNemar test when each
+    # image contributes exactly one outcome.
+    outcome: bool = False
+
+    @property
+    def scale(self) -> float:
+        """Fractions are reported in percent."""
+        return 100.0 if self.unit == "%" else 1.0
 
 
 @dataclass
@@ -62,8 +70,17 @@ class Suite(abc.ABC):
         """All views of one image. ``position``: its place in the evaluated list."""
 
     @abc.abstractmethod
+    def terms(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Per-view records -> additive terms: columns sample, metric, <dimensions>, num, den.
+
+        Every metric is scale * sum(num) / sum(den) over its terms. Because the terms
+        carry their image, the same definition gives the table's value and, resampled
+        over images, the paired bootstrap of `aabench compare`.
+        """
+
     def summarise(self, records: pd.DataFrame) -> list[dict]:
         """Per-view records -> metric rows: {metric, value, n, <dimension>: ...}."""
+        return summarise_terms(self, self.terms(records), records["sample"].nunique())
 
     def parameters(self) -> dict:
         return dataclasses.asdict(self)
@@ -79,5 +96,33 @@ def resize_and_center_crop(
     return TF.pil_to_tensor(cropped)
 
 
-def percent(values) -> float:
-    return float(100.0 * np.mean(values))
+def term_frame(metric: str, sample, num, den=1.0, **dimensions) -> pd.DataFrame:
+    """Terms of one metric: one row per entry of ``sample``."""
+    frame = pd.DataFrame({"sample": np.asarray(sample), "num": np.asarray(num, dtype=float)})
+    frame["den"] = np.broadcast_to(np.asarray(den, dtype=float), len(frame))
+    frame.insert(0, "metric", metric)
+    for key, value in dimensions.items():
+        frame[key] = value
+    return frame
+
+
+def summarise_terms(suite: Suite, terms: pd.DataFrame, n: int) -> list[dict]:
+    """Terms -> metric rows, in the order the terms list them; no row where sum(den) = 0."""
+    keys = ["metric", *suite.dimensions]
+    for key in suite.dimensions:
+        if key not in terms:
+            terms = terms.assign(**{key: pd.NA})
+    sums = terms.groupby(keys, sort=False, dropna=False)[["num", "den"]].sum()
+    rows = []
+    for key, (num, den) in sums.iterrows():
+        if den == 0:
+            continue
+        values = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        row = {
+            "metric": values["metric"],
+            "value": suite.metrics[values["metric"]].scale * num / den,
+            "n": n,
+        }
+        row.update({k: v for k, v in values.items() if k != "metric" and not pd.isna(v)})
+        rows.append(row)
+    return rows

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from benchmark.errors import UserError
-from suites.base import Metric, Suite, Views, percent, resize_and_center_crop
+from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 
 @dataclass
@@ -21,7 +21,9 @@ class DiagonalSuite(Suite):
     name = "diagonal"
     description = "Diagonal shift: accuracy and p(true class) against offset, wobble, flips."
     metrics = {  # noqa: RUF012 - class-level protocol facts
-        "accuracy": Metric("%", True, "top-1 accuracy at this offset (all offsets if blank)"),
+        "accuracy": Metric(
+            "%", True, "top-1 accuracy at this offset (all offsets if blank)", outcome=True
+        ),
         "p_true": Metric("%", True, "mean probability of the true class at this offset"),
         "wobble": Metric("%", False, "mean over images of max - min p(true class)"),
         "flips": Metric("count", False, "mean number of top-1 changes along the diagonal"),
@@ -49,32 +51,21 @@ class DiagonalSuite(Suite):
         crops = [image[:, o : o + crop, o : o + crop] for o in offsets]
         return Views(torch.stack(crops), {"offset": offsets})
 
-    def summarise(self, records: pd.DataFrame) -> list[dict]:
-        n = records["sample"].nunique()
-        rows = []
-        for offset, group in records.groupby("offset", sort=True):
-            rows += [
-                {
-                    "metric": "accuracy",
-                    "offset": int(offset),
-                    "value": percent(group["correct"]),
-                    "n": n,
-                },
-                {
-                    "metric": "p_true",
-                    "offset": int(offset),
-                    "value": percent(group["p_true"]),
-                    "n": n,
-                },
-            ]
+    def terms(self, records: pd.DataFrame) -> pd.DataFrame:
         curves = records.sort_values(["sample", "offset"], kind="stable")
         width = self.max_offset + 1
+        images = curves["sample"].to_numpy()[::width]
         p_true = curves["p_true"].to_numpy().reshape(-1, width)
         preds = curves["pred"].to_numpy().reshape(-1, width)
-        flips = (preds[:, 1:] != preds[:, :-1]).sum(axis=1)
-        rows += [
-            {"metric": "accuracy", "value": percent(records["correct"]), "n": n},
-            {"metric": "wobble", "value": percent(p_true.max(axis=1) - p_true.min(axis=1)), "n": n},
-            {"metric": "flips", "value": float(np.mean(flips)), "n": n},
+        per_offset = []
+        for offset, group in curves.groupby("offset", sort=True):
+            per_offset += [
+                term_frame("accuracy", group["sample"], group["correct"], offset=int(offset)),
+                term_frame("p_true", group["sample"], group["p_true"], offset=int(offset)),
+            ]
+        overall = [
+            term_frame("accuracy", curves["sample"], curves["correct"]),
+            term_frame("wobble", images, p_true.max(axis=1) - p_true.min(axis=1)),
+            term_frame("flips", images, (preds[:, 1:] != preds[:, :-1]).sum(axis=1)),
         ]
-        return rows
+        return pd.concat(per_offset + overall, ignore_index=True)

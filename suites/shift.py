@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from benchmark.errors import UserError
-from suites.base import Metric, Suite, Views, percent, resize_and_center_crop
+from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 MODES = ("crop", "circular")
 
@@ -30,7 +30,7 @@ class ShiftSuite(Suite):
     description = "Random-shift consistency: agreement of predictions on two shifted crops."
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "consistency": Metric("%", True, "pairs of shifted views with the same top-1"),
-        "accuracy": Metric("%", True, "top-1 accuracy over all shifted views"),
+        "accuracy": Metric("%", True, "top-1 accuracy over all shifted views", outcome=True),
         "consistency_correct": Metric(
             "%", True, "agreement among pairs where at least one view is correct"
         ),
@@ -83,17 +83,18 @@ class ShiftSuite(Suite):
                     meta[key].append(value)
         return Views(torch.stack(views), {k: np.asarray(v) for k, v in meta.items()})
 
-    def summarise(self, records: pd.DataFrame) -> list[dict]:
+    def terms(self, records: pd.DataFrame) -> pd.DataFrame:
         ordered = records.sort_values(["sample", "epoch", "member"], kind="stable")
         preds = ordered["pred"].to_numpy().reshape(-1, 2)
         correct = ordered["correct"].to_numpy().reshape(-1, 2).astype(bool)
+        pair_sample = ordered["sample"].to_numpy()[::2]
         agree = preds[:, 0] == preds[:, 1]
         either = correct.any(axis=1)
-        n = records["sample"].nunique()
-        rows = [
-            {"metric": "consistency", "value": percent(agree), "n": n},
-            {"metric": "accuracy", "value": percent(correct), "n": n},
-        ]
-        if either.any():
-            rows.append({"metric": "consistency_correct", "value": percent(agree[either]), "n": n})
-        return rows
+        return pd.concat(
+            [
+                term_frame("consistency", pair_sample, agree),
+                term_frame("accuracy", ordered["sample"], ordered["correct"]),
+                term_frame("consistency_correct", pair_sample, agree & either, either),
+            ],
+            ignore_index=True,
+        )

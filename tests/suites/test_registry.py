@@ -20,7 +20,7 @@ from suites.shift import ShiftSuite
 TINY_SUITE = """
 from dataclasses import dataclass
 
-from suites.base import Metric, Suite, Views, percent, resize_and_center_crop
+from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 
 @dataclass
@@ -37,8 +37,8 @@ class TinySuite(Suite):
     def views(self, image, sample, position, seed):
         return Views(image[None], {})
 
-    def summarise(self, records):
-        return [{"metric": "top1", "value": percent(records["correct"]), "n": len(records)}]
+    def terms(self, records):
+        return term_frame("top1", records["sample"], records["correct"])
 
 
 NOT_A_SUITE = object()

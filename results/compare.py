@@ -1,0 +1,305 @@
+"""Aligning runs, their differences, and whether each difference is real.
+
+The first run is the reference. Rows are aligned on (suite, metric, dimension columns).
+When both runs kept their samples files and saw the same images (same data
+fingerprint), each difference gets paired statistics over images: an exact McNemar test
+where the metric is one 0/1 outcome per image, and a seeded paired-bootstrap 95 %
+interval for every metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.errors import UserError
+from results.load import RunData, load_directory, load_run
+from results.stats import mcnemar_exact, paired_bootstrap
+from suites.params import parameter_types
+from suites.registry import available_suites
+
+SIGNIFICANCE = 0.05
+
+
+@dataclass
+class RunTables:
+    label: str
+    table: pd.DataFrame
+
+
+@dataclass
+class Comparison:
+    runs: list[RunTables]
+    rows: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def mismatches(reference: RunData, candidate: RunData) -> list[str]:
+    """Why two runs do not measure the same thing (empty: comparable)."""
+    found = []
+    if reference.suite != candidate.suite:
+        return [f"different suites: {reference.suite} vs {candidate.suite}"]
+    ref, cand = reference.provenance, candidate.provenance
+    if ref and cand:
+        if ref.get("parameters") != cand.get("parameters"):
+            found.append(
+                f"{reference.suite} protocol parameters differ: {ref.get('parameters')} vs "
+                f"{cand.get('parameters')}"
+            )
+        ref_data = ref.get("data", {}).get("fingerprint")
+        cand_data = cand.get("data", {}).get("fingerprint")
+        if ref_data != cand_data:
+            found.append(f"different data: {ref_data} vs {cand_data}")
+        if ref.get("data_source") != cand.get("data_source"):
+            found.append(
+                f"different data sources: {ref.get('data_source')} vs {cand.get('data_source')}"
+            )
+    ref_n = set(reference.table["n"].dropna().astype(int))
+    cand_n = set(candidate.table["n"].dropna().astype(int))
+    if ref_n != cand_n:
+        found.append(f"different n: {sorted(ref_n)} vs {sorted(cand_n)}")
+    return found
+
+
+def compare(
+    runs: list[RunData],
+    allow_mismatch: bool = False,
+    replicates: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    if len(runs) < 2:
+        raise UserError("compare needs at least two tables: a reference and a candidate")
+    reference = runs[0]
+    warnings = []
+    for candidate in runs[1:]:
+        problems = mismatches(reference, candidate)
+        if problems and (not allow_mismatch or reference.suite != candidate.suite):
+            raise UserError(
+                f"{reference.label} and {candidate.label} are not comparable: "
+                f"{'; '.join(problems)}; compare runs of the same protocol and data "
+                "(or pass --allow-mismatch, and the report will say so)"
+            )
+        warnings += [f"{candidate.label} vs {reference.label}: {p}" for p in problems]
+    rows = pd.concat(
+        [_compare_pair(reference, candidate, replicates, seed) for candidate in runs[1:]],
+        ignore_index=True,
+    )
+    return Comparison(
+        runs=[RunTables(run.label, run.table) for run in runs], rows=rows, warnings=warnings
+    )
+
+
+def _keys(run: RunData) -> list[str]:
+    return ["suite", "metric", *run.dimensions]
+
+
+def dimension_key(frame: pd.DataFrame, dims: list[str]) -> pd.Series:
+    """One string per row naming its dimension values ("" where blank): a join key that
+    does not depend on how a CSV reader typed a half-empty column (16, 16.0, <NA>)."""
+
+    def text(value) -> str:
+        if value is None or pd.isna(value):
+            return ""
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            return str(int(value))
+        return str(value)
+
+    if not dims:
+        return pd.Series([""] * len(frame), index=frame.index, dtype=object)
+    parts = [
+        frame[dim].map(text) if dim in frame else pd.Series("", index=frame.index) for dim in dims
+    ]
+    return pd.Series(["|".join(values) for values in zip(*parts, strict=True)], index=frame.index)
+
+
+def _compare_pair(
+    reference: RunData, candidate: RunData, replicates: int, seed: int
+) -> pd.DataFrame:
+    dims = reference.dimensions
+    ref = reference.table.assign(_key=dimension_key(reference.table, dims))
+    cand = candidate.table.assign(_key=dimension_key(candidate.table, dims))
+    merged = ref.merge(
+        cand[["suite", "metric", "_key", "value"]],
+        on=["suite", "metric", "_key"],
+        how="inner",
+        suffixes=("_ref", "_cand"),
+    )
+    if merged.empty:
+        raise UserError(
+            f"{reference.label} and {candidate.label} share no (suite, metric) rows to compare"
+        )
+    rows = pd.DataFrame(
+        {
+            "suite": merged["suite"],
+            "metric": merged["metric"],
+            **{dim: merged.get(dim, pd.NA) for dim in dims},
+            "unit": merged["unit"],
+            "higher_is_better": merged["higher_is_better"].astype(bool),
+            "reference": reference.label,
+            "candidate": candidate.label,
+            "reference_value": merged["value_ref"],
+            "candidate_value": merged["value_cand"],
+        }
+    )
+    rows["delta"] = rows["candidate_value"] - rows["reference_value"]
+    direction = np.where(rows["higher_is_better"], 1.0, -1.0)
+    rows["improved"] = rows["delta"] * direction > 0
+    statistics = paired_statistics(reference, candidate, replicates, seed)
+    empty = {
+        "test": None,
+        "p_value": np.nan,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "significant": None,
+    }
+    looked_up = [
+        statistics.get((metric, key), empty) if statistics else empty
+        for metric, key in zip(merged["metric"], merged["_key"], strict=True)
+    ]
+    for column in empty:
+        rows[column] = [entry[column] for entry in looked_up]
+    return rows.reset_index(drop=True)
+
+
+def paired_statistics(
+    reference: RunData, candidate: RunData, replicates: int, seed: int
+) -> dict[tuple[str, str], dict] | None:
+    """Paired tests by (metric, dimension key), or None when the runs cannot be paired
+    image by image."""
+    if reference.provenance is None or candidate.provenance is None:
+        return None
+    if reference.provenance.get("data", {}).get("fingerprint") != candidate.provenance.get(
+        "data", {}
+    ).get("fingerprint"):
+        return None
+    samples_ref, samples_cand = reference.samples(), candidate.samples()
+    if samples_ref is None or samples_cand is None:
+        return None
+    suite_class = available_suites().get(reference.suite)
+    if suite_class is None:
+        return None
+    suite_ref = _suite_from(suite_class, reference.provenance)
+    suite_cand = _suite_from(suite_class, candidate.provenance)
+    dims = list(suite_class.dimensions)
+    matrices = [
+        _per_image(suite.terms(samples), dims)
+        for suite, samples in ((suite_ref, samples_ref), (suite_cand, samples_cand))
+    ]
+    (num_a, den_a), (num_b, den_b) = matrices
+    images = num_a.index.intersection(num_b.index)
+    metrics = num_a.columns.intersection(num_b.columns)
+    if len(images) == 0 or len(metrics) == 0:
+        return None
+    aligned = [m.loc[images, metrics].to_numpy() for m in (num_a, den_a, num_b, den_b)]
+    scale = np.array([suite_class.metrics[metric].scale for metric, _ in metrics])
+    low, high = paired_bootstrap(*aligned, scale=scale, replicates=replicates, seed=seed)
+    statistics = {}
+    for index, (metric, key) in enumerate(metrics):
+        outcome_a, outcome_b = aligned[0][:, index], aligned[2][:, index]
+        entry = {
+            "test": "bootstrap",
+            "p_value": np.nan,
+            "ci_low": float(low[index]),
+            "ci_high": float(high[index]),
+            "significant": bool(low[index] > 0 or high[index] < 0),
+        }
+        binary = suite_class.metrics[metric].outcome and all(
+            np.all(den == 1) and np.all((num == 0) | (num == 1))
+            for num, den in ((outcome_a, aligned[1][:, index]), (outcome_b, aligned[3][:, index]))
+        )
+        if binary:
+            only_a = int(np.sum((outcome_a == 1) & (outcome_b == 0)))
+            only_b = int(np.sum((outcome_a == 0) & (outcome_b == 1)))
+            p_value = mcnemar_exact(only_a, only_b)
+            entry.update(test="mcnemar", p_value=p_value, significant=p_value < SIGNIFICANCE)
+        statistics[(metric, key)] = entry
+    return statistics
+
+
+def _suite_from(suite_class, provenance: dict):
+    valid = parameter_types(suite_class)
+    parameters = {k: v for k, v in provenance.get("parameters", {}).items() if k in valid}
+    return suite_class(**parameters)
+
+
+def _per_image(terms: pd.DataFrame, dims: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images x (metric, dimension key)) matrices of summed num and den."""
+    keyed = terms.assign(_key=dimension_key(terms, dims))
+    summed = keyed.groupby(["sample", "metric", "_key"], sort=False)[["num", "den"]].sum()
+    num = summed["num"].unstack(["metric", "_key"], fill_value=0.0)
+    den = summed["den"].unstack(["metric", "_key"], fill_value=0.0)
+    return num, den
+
+
+def load_runs(paths: list[str]) -> list[list[RunData]]:
+    """Tables to compare, grouped by suite: files (one suite) or run directories (every
+    suite the directories share). The first path is the reference."""
+
+    kinds = {Path(p).is_dir() for p in paths}
+    if kinds == {True}:
+        directories = [load_directory(p) for p in paths]
+        shared = [suite for suite in directories[0] if all(suite in d for d in directories)]
+        if not shared:
+            raise UserError(
+                f"the directories {', '.join(paths)} share no suite: run the same suite "
+                "for both models"
+            )
+        groups = [[d[suite] for d in directories] for suite in shared]
+    elif kinds == {False}:
+        groups = [[load_run(p) for p in paths]]
+    else:
+        raise UserError("pass either tables (<suite>.csv) or run directories, not a mix")
+    for group in groups:
+        _distinct_labels(group)
+    return groups
+
+
+def _distinct_labels(runs: list[RunData]) -> None:
+    """Runs of the same model are told apart by their directories."""
+    labels = [run.label for run in runs]
+    for run in runs:
+        if labels.count(run.label) > 1 and run.path is not None:
+            run.label = f"{run.label} ({run.path.parent})"
+
+
+def compare_groups(
+    groups: list[list[RunData]],
+    allow_mismatch: bool = False,
+    metrics: list[str] | None = None,
+    replicates: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """One comparison over several suites (run directories): rows of every suite."""
+    parts = [
+        compare(group, allow_mismatch=allow_mismatch, replicates=replicates, seed=seed)
+        for group in groups
+    ]
+    rows = pd.concat([part.rows for part in parts], ignore_index=True)
+    if metrics:
+        unknown = sorted(set(metrics) - set(rows["metric"]))
+        if unknown:
+            raise UserError(
+                f"--metric {', '.join(unknown)} is not in these tables: they hold "
+                f"{', '.join(sorted(rows['metric'].unique()))}"
+            )
+        rows = rows[rows["metric"].isin(metrics)].reset_index(drop=True)
+    runs = [
+        RunTables(
+            label=groups[0][index].label,
+            table=pd.concat([group[index].table for group in groups], ignore_index=True),
+        )
+        for index in range(len(groups[0]))
+    ]
+    return Comparison(runs=runs, rows=rows, warnings=[w for part in parts for w in part.warnings])
+
+
+def dimension_columns(groups: list[list[RunData]]) -> list[str]:
+    columns: list[str] = []
+    for group in groups:
+        for dim in group[0].dimensions:
+            if dim not in columns:
+                columns.append(dim)
+    return columns
