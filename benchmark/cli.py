@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+INTERNAL_ERROR = 3
 _state = {"debug": False}  # set by --debug or AABENCH_DEBUG, read by main()
 _LATER = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -464,6 +466,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"aabench: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except Exception:
+        # A bug, not bad input: show everything, and never exit 1, which `gate` reserves
+        # for a regression.
+        traceback.print_exc()
+        print(
+            f"aabench {__version__}: internal error (a bug): please report it with the "
+            "traceback above",
+            file=sys.stderr,
+        )
+        sys.exit(INTERNAL_ERROR)
 
 
 if __name__ == "__main__":

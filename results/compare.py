@@ -263,6 +263,11 @@ def _distinct_labels(runs: list[RunData]) -> None:
     for run in runs:
         if labels.count(run.label) > 1 and run.path is not None:
             run.label = f"{run.label} ({run.path.parent})"
+    seen: dict[str, int] = {}
+    for run in runs:  # the very same table given twice
+        seen[run.label] = seen.get(run.label, 0) + 1
+        if seen[run.label] > 1:
+            run.label = f"{run.label} #{seen[run.label]}"
 
 
 def compare_groups(

@@ -81,6 +81,8 @@ def load_rules(path: str | Path) -> list[Rule]:
     rules = []
     for number, entry in enumerate(entries, start=1):
         where = f"rules file {path}, rule {number}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: a rule is a [[rule]] table of key = value lines")
         extra = sorted(set(entry) - allowed)
         if extra:
             raise UserError(
@@ -90,6 +92,8 @@ def load_rules(path: str | Path) -> list[Rule]:
         if "metric" not in entry or "max_regression" not in entry:
             raise UserError(f"{where}: needs both metric and max_regression")
         metric, suite = entry["metric"], entry.get("suite")
+        if not isinstance(metric, str) or not (suite is None or isinstance(suite, str)):
+            raise UserError(f'{where}: metric and suite must be strings, e.g. metric = "top1"')
         if suite is not None and suite not in suites:
             raise UserError(f"{where}: unknown suite {suite!r}; suites are {', '.join(suites)}")
         valid = suites[suite].metrics if suite else known_metrics
