@@ -112,12 +112,24 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
-class ViewDataset(Dataset):
-    """Item i: the decoded image at position i of the folder, as the suite's views."""
+class FolderSource:
+    """Reads one image per sample from an ImageNet-style folder: {"clean": image}."""
 
-    def __init__(self, folder: ImageFolder, suite: Suite, model: LoadedModel, seed: int):
+    def __init__(self, folder: ImageFolder):
         self.root = folder.root
+
+    def images(self, sample) -> dict:
+        return {"clean": decode(self.root / sample.path)}
+
+
+class ViewDataset(Dataset):
+    """Item i: the decoded image(s) of sample i, as the suite's views."""
+
+    def __init__(
+        self, folder: ImageFolder, suite: Suite, model: LoadedModel, seed: int, source=None
+    ):
         self.samples = folder.samples
+        self.source = source or FolderSource(folder)
         self.suite = suite
         self.preprocessing = model.preprocessing
         self.seed = seed
@@ -128,16 +140,21 @@ class ViewDataset(Dataset):
     def __getitem__(self, position: int) -> dict:
         sample = self.samples[position]
         try:
-            image = decode(self.root / sample.path)
+            images = self.source.images(sample)
         except BadImage as error:
-            return {"position": position, "error": str(error)}
-        prepared = self.suite.prepare(image, self.preprocessing)
-        views = self.suite.views(prepared, sample, position, self.seed)
+            return {"position": position, "error": error.reason, "path": str(error.path)}
+        except UserError as error:
+            # Raised again in the main process: a worker's exception would arrive
+            # wrapped in its traceback text.
+            return {"position": position, "fatal": str(error)}
+        views = self.suite.views_from(images, sample, position, self.seed, self.preprocessing)
         return {"position": position, "views": views.images, "meta": views.meta}
 
 
 class BadImage(Exception):
-    pass
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def decode(path: Path) -> Image.Image:
@@ -145,8 +162,10 @@ def decode(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"image {path} does not exist: the data set is incomplete") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise BadImage(f"{type(error).__name__}: {error}") from error
+        raise BadImage(path, f"{type(error).__name__}: {error}") from error
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -213,10 +232,13 @@ def evaluate(
     options: EngineOptions,
     seed: int = 0,
     device: torch.device | None = None,
+    source=None,
 ) -> Evaluation:
+    """Run ``model`` over every view of every sample; ``source`` reads a sample's images
+    (default: the one image of each sample in ``folder``)."""
     device = device or resolve_device(options.device)
     prepared = PreparedModel(model, device, options)
-    dataset = ViewDataset(folder, suite, model, seed)
+    dataset = ViewDataset(folder, suite, model, seed, source)
     per_image = max(1, suite.views_per_image())
     loader = DataLoader(
         dataset,
@@ -234,15 +256,17 @@ def evaluate(
         for items in loader:
             for item in items:
                 sample = folder.samples[item["position"]]
+                if "fatal" in item:
+                    raise UserError(item["fatal"])
                 if "error" in item:
-                    message = f"{sample.path}: {item['error']}"
                     if not options.skip_bad_images:
                         raise UserError(
-                            f"cannot decode image {folder.root / sample.path} "
-                            f"({item['error']}): fix or remove it, or pass --skip-bad-images "
-                            "to skip it (skipped images are recorded in the provenance)"
+                            f"cannot decode image {item['path']} ({item['error']}): fix or "
+                            "remove it, or pass --skip-bad-images to skip it (skipped images "
+                            "are recorded in the provenance)"
                         )
-                    skipped.append(message)
+                    own = Path(item["path"]) == folder.root / sample.path
+                    skipped.append(f"{sample.path if own else item['path']}: {item['error']}")
                     advance(1)
                     continue
                 batcher.add(item, sample.label)

@@ -57,6 +57,13 @@ class Suite(abc.ABC):
     # Columns that qualify a metric row (offset, corruption, ...), in table order.
     dimensions: ClassVar[tuple[str, ...]] = ()
 
+    def views_from(
+        self, images: dict, sample: Sample, position: int, seed: int, preprocessing
+    ) -> Views:
+        """All views of one sample from its decoded images ({"clean": val image} unless
+        the suite reads more, like released ImageNet-C cells)."""
+        return self.views(self.prepare(images["clean"], preprocessing), sample, position, seed)
+
     @abc.abstractmethod
     def prepare(self, image: Image.Image, preprocessing: Preprocessing) -> torch.Tensor:
         """Decoded RGB image -> the uint8 C x H x W tensor all views are cut from."""
