@@ -131,6 +131,9 @@ def run(
     limit: int = typer.Option(None, "--limit", help="Evaluate a deterministic subset of N."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
     assignments: list[str] = SET,
+    imagenet_c: str = typer.Option(
+        None, "--imagenet-c", help="Released ImageNet-C root (for --suite imagenet-c)."
+    ),
     out: Path = typer.Option(Path("runs"), "--out", help="Output directory."),
     skip_bad_images: bool = typer.Option(
         False, "--skip-bad-images", help="Skip (and record) images that cannot be decoded."
@@ -149,6 +152,10 @@ def run(
     names = [name.strip() for name in suite.split(",") if name.strip()]
     if not names:
         raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
+    if imagenet_c:
+        if "imagenet-c" not in names:
+            raise UserError("--imagenet-c is for --suite imagenet-c: add it to --suite")
+        assignments = [*assignments, f"imagenet_c={imagenet_c}"]
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
     options = EngineOptions(
         device=device,
@@ -179,7 +186,7 @@ def run(
 
 def _headline(table) -> list[dict]:
     """Rows that are not broken down by a dimension (the suite's overall numbers)."""
-    dimensions = [c for c in table.columns if c not in _TIDY]
+    dimensions = [c for c in table.columns if c not in (*_TIDY, "note")]
     overall = table[table[dimensions].isna().all(axis=1)] if dimensions else table
     return json.loads(overall[list(_TIDY)].to_json(orient="records"))
 
@@ -194,7 +201,8 @@ def _print_summary(result) -> None:
     for column in ("metric", "value", "unit"):
         table.add_column(column)
     for row in _headline(result.table):
-        table.add_row(row["metric"], f"{row['value']:.2f}", row["unit"])
+        value = "-" if row["value"] is None else f"{row['value']:.2f}"
+        table.add_row(row["metric"], value, row["unit"])
     console.print(table)
     console.print(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
 
@@ -383,10 +391,47 @@ def _type_name(kind: object) -> str:
     return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
 
 
-@app.command("make-imagenet-c", context_settings=_LATER)
-def make_imagenet_c() -> None:
-    """Generate ImageNet-C from ImageNet val in the released layout (not implemented yet)."""
-    _not_yet("make-imagenet-c")
+@app.command("make-imagenet-c")
+def make_imagenet_c(
+    data: str = typer.Option(..., "--data", help="ImageNet val folder (<root>/<wnid>/<image>)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (released layout)."),
+    corruptions: str = typer.Option(
+        "common",
+        "--corruptions",
+        help="Comma-separated names, or common, extra, all, noise, blur, weather, digital.",
+    ),
+    severities: str = typer.Option("1,2,3,4,5", "--severities", help="Comma-separated, 1..5."),
+    limit: int = typer.Option(None, "--limit", help="A deterministic subset of N images."),
+    workers: int = typer.Option(
+        None, "--workers", help="Processes (default: cores-1; 0: in-process)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of every corruption's random draws."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = JSON,
+) -> None:
+    """Generate ImageNet-C from ImageNet val in the released layout (resumable)."""
+    from benchmark.data.corruptions import parse_corruptions, parse_severities
+    from benchmark.data.make_imagenet_c import make_imagenet_c as generate
+
+    manifest = generate(
+        data,
+        out,
+        corruptions=parse_corruptions(corruptions),
+        severities=parse_severities(severities),
+        limit=limit,
+        workers=workers,
+        seed=seed,
+        quiet=quiet or as_json,
+    )
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=1))
+        return
+    typer.echo(
+        f"{out}: {manifest['written']} file(s) written, {manifest['skipped']} kept, "
+        f"{manifest['images']} image(s) x {manifest['files'] // max(manifest['images'], 1)} "
+        f"cell(s) in {manifest['seconds']:.1f} s ({manifest['images_per_second']:.2f} images/s, "
+        f"{manifest['files_per_second']:.1f} files/s)"
+    )
 
 
 @app.command("bench")

@@ -20,6 +20,7 @@ import torchvision
 
 from benchmark import __version__
 from benchmark.data.folder import ImageFolder
+from benchmark.data.sources import source_for
 from benchmark.engine import EngineOptions, evaluate, resolve_device
 from benchmark.errors import UserError
 from benchmark.models.zoo import LoadedModel
@@ -65,8 +66,9 @@ def run_suite(
     out: Path,
 ) -> SuiteResult:
     device = resolve_device(options.device)
+    source, data_source = source_for(suite, folder)
     started = datetime.now(timezone.utc)
-    evaluation = evaluate(model, suite, folder, options, seed=seed, device=device)
+    evaluation = evaluate(model, suite, folder, options, seed=seed, device=device, source=source)
     finished = datetime.now(timezone.utc)
     if evaluation.records.empty:
         raise UserError(f"no image could be evaluated for suite {suite.name}: nothing written")
@@ -75,8 +77,9 @@ def run_suite(
         "model": model.name,
         "weights_sha256": weights.sha256 or "none",
         "suite": suite.name,
-        "parameters": suite.parameters(),
+        "parameters": suite.protocol(),
         "data": folder.fingerprint(),
+        "data_source": data_source,
         "seed": seed,
         "amp": options.amp,
         "aabench": __version__,
@@ -89,7 +92,9 @@ def run_suite(
         "model": model.name,
         "suite": suite.name,
         "parameters": suite.parameters(),
+        "protocol": suite.protocol(),
         "dimensions": list(suite.dimensions),
+        "data_source": data_source,
         "weights": asdict(weights),
         "preprocessing": model.preprocessing.to_dict(),
         "data": {

@@ -44,10 +44,11 @@ def mismatches(reference: RunData, candidate: RunData) -> list[str]:
         return [f"different suites: {reference.suite} vs {candidate.suite}"]
     ref, cand = reference.provenance, candidate.provenance
     if ref and cand:
-        if ref.get("parameters") != cand.get("parameters"):
+        ref_protocol = ref.get("protocol", ref.get("parameters"))
+        cand_protocol = cand.get("protocol", cand.get("parameters"))
+        if ref_protocol != cand_protocol:
             found.append(
-                f"{reference.suite} protocol parameters differ: {ref.get('parameters')} vs "
-                f"{cand.get('parameters')}"
+                f"{reference.suite} protocol parameters differ: {ref_protocol} vs {cand_protocol}"
             )
         ref_data = ref.get("data", {}).get("fingerprint")
         cand_data = cand.get("data", {}).get("fingerprint")

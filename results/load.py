@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.errors import UserError
-from results.table import TIDY_COLUMNS
+from results.table import EXTRA_COLUMNS, TIDY_COLUMNS
 
 SAMPLES_SUFFIX = ".samples.csv.gz"
 
@@ -31,7 +31,7 @@ class RunData:
     def dimensions(self) -> list[str]:
         if self.provenance and "dimensions" in self.provenance:
             return list(self.provenance["dimensions"])
-        return [c for c in self.table.columns if c not in TIDY_COLUMNS and c != "source"]
+        return [c for c in self.table.columns if c not in (*TIDY_COLUMNS, *EXTRA_COLUMNS)]
 
     def samples(self) -> pd.DataFrame | None:
         if self._samples is None and self.samples_path is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+# Columns that are not dimensions although a table may carry them.
+EXTRA_COLUMNS = ("note", "source")
 TIDY_COLUMNS = (
     "run_id",
     "model",
@@ -46,8 +48,13 @@ def tidy_table(
         }
         for dimension in suite.dimensions:
             record[dimension] = row.get(dimension)
+        record["note"] = row.get("note")
         records.append(record)
-    table = pd.DataFrame(records, columns=[*TIDY_COLUMNS, *suite.dimensions])
+    # "note" says why a row has no value (a metric whose cells the run lacks); it is
+    # there only when some row needs it.
+    has_note = any(record["note"] for record in records)
+    columns = [*TIDY_COLUMNS, *suite.dimensions, *(["note"] if has_note else [])]
+    table = pd.DataFrame(records, columns=columns)
     for dimension in suite.dimensions:
         # Integer dimensions stay integers (16, not 16.0) on rows where they are blank too.
         if pd.api.types.is_numeric_dtype(table[dimension]):

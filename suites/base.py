@@ -56,6 +56,9 @@ class Suite(abc.ABC):
     metrics: ClassVar[dict[str, Metric]]
     # Columns that qualify a metric row (offset, corruption, ...), in table order.
     dimensions: ClassVar[tuple[str, ...]] = ()
+    # Parameters that say where data lives, not what is measured: two runs that differ
+    # only in these still measure the same thing.
+    locations: ClassVar[tuple[str, ...]] = ()
 
     def views_from(
         self, images: dict, sample: Sample, position: int, seed: int, preprocessing
@@ -91,6 +94,10 @@ class Suite(abc.ABC):
 
     def parameters(self) -> dict:
         return dataclasses.asdict(self)
+
+    def protocol(self) -> dict:
+        """The parameters that define what is measured (locations left out)."""
+        return {k: v for k, v in self.parameters().items() if k not in self.locations}
 
 
 def resize_and_center_crop(

@@ -10,10 +10,13 @@ from benchmark.errors import UserError
 from suites.accuracy import AccuracySuite
 from suites.base import Suite
 from suites.diagonal import DiagonalSuite
+from suites.imagenet_c import ImageNetCSuite
 from suites.shift import ShiftSuite
 
 ENTRY_POINT_GROUP = "aabench.suites"
-BUILTIN: dict[str, type[Suite]] = {s.name: s for s in (AccuracySuite, ShiftSuite, DiagonalSuite)}
+BUILTIN: dict[str, type[Suite]] = {
+    s.name: s for s in (AccuracySuite, ShiftSuite, DiagonalSuite, ImageNetCSuite)
+}
 
 
 def available_suites() -> dict[str, type[Suite]]:

@@ -1,0 +1,48 @@
+"""What a suite reads, turned into a source of images per sample, and a description of
+that data for the provenance (compare refuses to mix released and generated ImageNet-C).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from benchmark.data.folder import ImageFolder
+from benchmark.errors import UserError
+
+
+def corruption_library() -> str:
+    try:
+        return f"imagecorruptions-imaug {version('imagecorruptions-imaug')}"
+    except PackageNotFoundError:
+        return "imagecorruptions (version unknown)"
+
+
+def source_for(suite, folder: ImageFolder):
+    """(source or None for the plain val images, data-source description)."""
+    if suite.name != "imagenet-c":
+        return None, {"kind": "imagenet-val"}
+    if suite.generate:
+        return None, {
+            "kind": "generated",
+            "library": corruption_library(),
+            "jpeg_quality": suite.jpeg_quality,
+        }
+    from benchmark.data.imagenet_c import ReleasedImageNetC, find_layout
+
+    if not suite.imagenet_c:
+        raise UserError(
+            "the imagenet-c suite reads the released set: pass --imagenet-c DIR (or make it "
+            "once with `aabench make-imagenet-c`), or --set generate=true to corrupt the "
+            "--data images on the fly"
+        )
+    layout = find_layout(suite.imagenet_c)
+    suite.missing_cells = tuple(layout.missing(suite.corruption_list, suite.severity_list))
+    if not suite.cells():
+        raise UserError(
+            f"{layout.root} has none of the requested cells ({suite.corruptions} x "
+            f"severities {suite.severities}): check --set corruptions / severities"
+        )
+    return ReleasedImageNetC(folder, layout, suite.cells()), {
+        "kind": "released",
+        "missing_cells": [f"{c}/{s}" for c, s in suite.missing_cells],
+    }
