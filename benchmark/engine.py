@@ -141,13 +141,13 @@ class ViewDataset(Dataset):
         sample = self.samples[position]
         try:
             images = self.source.images(sample)
+            views = self.suite.views_from(images, sample, position, self.seed, self.preprocessing)
         except BadImage as error:
             return {"position": position, "error": error.reason, "path": str(error.path)}
         except UserError as error:
             # Raised again in the main process: a worker's exception would arrive
             # wrapped in its traceback text.
             return {"position": position, "fatal": str(error)}
-        views = self.suite.views_from(images, sample, position, self.seed, self.preprocessing)
         return {"position": position, "views": views.images, "meta": views.meta}
 
 

@@ -102,7 +102,7 @@ class ImageNetCSuite(Suite):
                 corrupted = C.corrupt(array, corruption, severity, cell_seed)
                 if self.jpeg_quality is not None:
                     encoded = io.BytesIO(C.jpeg_bytes(corrupted, self.jpeg_quality))
-                    corrupted = np.asarray(Image.open(encoded).convert("RGB"))
+                    corrupted = np.array(Image.open(encoded).convert("RGB"))
                 view = torch.from_numpy(np.ascontiguousarray(corrupted)).permute(2, 0, 1)
             else:
                 # Released images are evaluated as they are: no resize, no crop.
