@@ -393,8 +393,8 @@ def _type_name(kind: object) -> str:
 
 @app.command("make-imagenet-c")
 def make_imagenet_c(
-    data: str = typer.Option(..., "--data", help="ImageNet val folder (<root>/<wnid>/<image>)."),
-    out: Path = typer.Option(..., "--out", help="Output directory (released layout)."),
+    data: str = typer.Option(None, "--data", help="ImageNet val folder (<root>/<wnid>/<image>)."),
+    out: Path = typer.Option(None, "--out", help="Output directory (released layout)."),
     corruptions: str = typer.Option(
         "common",
         "--corruptions",
@@ -413,6 +413,10 @@ def make_imagenet_c(
     from benchmark.data.corruptions import parse_corruptions, parse_severities
     from benchmark.data.make_imagenet_c import make_imagenet_c as generate
 
+    if data is None:
+        raise UserError("--data is required: pass the ImageNet val folder (<root>/<wnid>/<image>)")
+    if out is None:
+        raise UserError("--out is required: pass the directory to write ImageNet-C into")
     manifest = generate(
         data,
         out,

@@ -37,7 +37,13 @@ PIPELINE = "Resize(256) -> CenterCrop(224) -> corruption -> uint8 -> JPEG q85"
 @cache
 def _functions() -> dict:
     """name -> corruption function of the installed library, checked against our names."""
+    import cv2
     from imagecorruptions import corruption_dict, get_corruption_names
+
+    # Without a thread pool OpenCV is safe to fork after use (DataLoader workers are
+    # forked; a forked copy of a live pool can hang), and the parallelism comes from
+    # the worker processes anyway.
+    cv2.setNumThreads(1)
 
     installed = set(get_corruption_names("all"))
     missing = [name for name in ALL if name not in installed]

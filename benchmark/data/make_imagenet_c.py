@@ -25,6 +25,7 @@ from benchmark.data.corruptions import (
     JPEG_QUALITY,
     PIPELINE,
     SEVERITIES,
+    _functions,
     center_224,
     check_corruption,
     check_severity,
@@ -75,6 +76,20 @@ def _init(config: _Config, worker: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
+def _context():
+    """Workers started from a clean process, never forked from this one.
+
+    A fork copies whatever thread pools this process has used (OpenCV's, OpenMP's) in a
+    broken state: the first call into them in the child can hang forever. The fork server
+    imports the heavy modules once, before any pool exists, so workers still start fast.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "benchmark.engine", "imagecorruptions"])
+    return context
+
+
 def output_path(out: Path, corruption: str, severity: int, sample_path: str) -> Path:
     """Where the released layout puts one image's corrupted copy."""
     relative = Path(sample_path)
@@ -118,7 +133,8 @@ def _make_one(job: tuple[str, str, int]) -> tuple[int, int]:
         clean = center_224(decode(Path(source)))
     except BadImage as error:
         raise UserError(
-            f"cannot decode source image {source} ({error}): replace or remove it and rerun "
+            f"cannot decode source image {source} ({getattr(error, 'reason', error)}): "
+            "replace or remove it and rerun "
             "(files already written are kept)"
         ) from None
     for corruption, severity, path in todo:
@@ -204,6 +220,7 @@ def make_imagenet_c(
         workers = max(1, (os.cpu_count() or 1) - 1)
     if workers < 0:
         raise UserError(f"--workers must be 0 (in-process) or more, got {workers}")
+    _functions()  # fails now, not in a worker, if the library lacks a corruption
     folder = open_image_folder(data, limit=limit)
     out = Path(out).expanduser()
     _check_names(folder.samples)
@@ -249,8 +266,7 @@ def make_imagenet_c(
                 written, skipped = written + done, skipped + kept
                 advance(1)
         else:
-            context = multiprocessing.get_context()
-            with context.Pool(workers, initializer=_init, initargs=(config, True)) as pool:
+            with _context().Pool(workers, initializer=_init, initargs=(config, True)) as pool:
                 for done, kept in pool.imap_unordered(_make_one, jobs):
                     written, skipped = written + done, skipped + kept
                     advance(1)

@@ -27,21 +27,19 @@ def test_unknown_command_is_a_usage_error(cli):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["make-imagenet-c"])
-def test_unfinished_commands_say_so_in_one_line(cli, command):
-    code, out, err = cli(command, "--model", "resnet18_aa")
+def test_a_user_error_is_one_line_with_exit_2(cli):
+    code, out, err = cli("make-imagenet-c", "--out", "somewhere")
     assert code == 2
-    assert (
-        err.strip()
-        == f"aabench: error: `aabench {command}` is not implemented yet in aabench {__version__}"
-    )
+    assert err.strip().splitlines() == [
+        "aabench: error: --data is required: pass the ImageNet val folder (<root>/<wnid>/<image>)"
+    ]
     assert out == ""
 
 
 def test_debug_lets_the_exception_through():
     # Without --debug the same call exits 2 with one line (above); with it, the
     # exception propagates so the interpreter prints the full traceback.
-    with pytest.raises(UserError, match="not implemented yet"):
+    with pytest.raises(UserError, match="--data is required"):
         main(["--debug", "make-imagenet-c"])
 
 

@@ -464,6 +464,7 @@ def test_real_runs_with_another_protocol_are_refused(real_runs, tmp_path):
     shutil.copytree(first, changed)
     provenance = json.loads((changed / "shift.json").read_text())
     provenance["parameters"]["max_shift"] = 16
+    provenance["protocol"]["max_shift"] = 16
     (changed / "shift.json").write_text(json.dumps(provenance))
     groups = load_runs([str(first / "shift.csv"), str(changed / "shift.csv")])
     with pytest.raises(UserError, match="protocol parameters differ"):

@@ -92,7 +92,7 @@ def test_a_plugin_suite_is_found_through_its_entry_point(install_plugin):
     cls = get_suite("tiny")
     assert issubclass(cls, Suite)
     assert cls.__module__ == "aabench_tiny_plugin"
-    assert list(available_suites()) == ["accuracy", "shift", "diagonal", "tiny"]
+    assert list(available_suites()) == ["accuracy", "shift", "diagonal", "imagenet-c", "tiny"]
 
 
 def test_suites_json_lists_the_plugin(install_plugin, cli):
@@ -100,7 +100,7 @@ def test_suites_json_lists_the_plugin(install_plugin, cli):
     code, out, _ = cli("suites", "--json")
     assert code == 0
     described = {suite["name"]: suite for suite in json.loads(out)}
-    assert list(described) == ["accuracy", "shift", "diagonal", "tiny"]
+    assert list(described) == ["accuracy", "shift", "diagonal", "imagenet-c", "tiny"]
     tiny = described["tiny"]
     assert tiny["parameters"] == {"size": {"type": "int", "default": 64}}
     assert tiny["metrics"]["top1"]["unit"] == "%"
@@ -144,4 +144,4 @@ def test_a_plugin_may_not_reuse_a_builtin_name(install_plugin):
 
 def test_plugins_are_looked_up_afresh_so_an_uninstalled_one_is_gone():
     # Runs after the plugin tests above: their tmp_path is off sys.path again.
-    assert list(available_suites()) == ["accuracy", "shift", "diagonal"]
+    assert list(available_suites()) == ["accuracy", "shift", "diagonal", "imagenet-c"]
