@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -26,7 +27,6 @@ app = typer.Typer(
 )
 INTERNAL_ERROR = 3
 _state = {"debug": False}  # set by --debug or AABENCH_DEBUG, read by main()
-_LATER = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 # Options shared by several commands, declared once.
 MODEL = typer.Option(..., "--model", "-m", help="Model name (`aabench models`).")
@@ -54,6 +54,30 @@ SET = typer.Option([], "--set", help="Override a suite parameter: --set key=valu
 JSON = typer.Option(False, "--json", help="Print JSON for machines.")
 
 
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+
+
+class Interrupted(Exception):
+    """Ctrl-C, carried past click (which would turn it into exit code 1, the gate's
+    "regression") to main()."""
+
+
+def command(*args, **kwargs):
+    """app.command, with Ctrl-C inside the command becoming a clean exit 130."""
+
+    def register(function):
+        @functools.wraps(function)
+        def interruptible(*call_args, **call_kwargs):
+            try:
+                return function(*call_args, **call_kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted from None
+
+        return app.command(*args, **kwargs)(interruptible)
+
+    return register
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"aabench {__version__}")
@@ -70,7 +94,7 @@ def _root(
     _state["debug"] = _state["debug"] or debug
 
 
-@app.command()
+@command()
 def models(
     as_json: bool = JSON,
     weights_dir: str = WEIGHTS_DIR,
@@ -111,11 +135,7 @@ def models(
     Console().print(table)
 
 
-def _not_yet(command: str) -> None:
-    raise UserError(f"`aabench {command}` is not implemented yet in aabench {__version__}")
-
-
-@app.command()
+@command()
 def run(
     model: str = MODEL,
     suite: str = typer.Option(..., "--suite", "-s", help="Suite name(s), comma-separated."),
@@ -207,7 +227,7 @@ def _print_summary(result) -> None:
     console.print(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
 
 
-@app.command("compare")
+@command("compare")
 def compare_command(
     paths: list[str] = typer.Argument(
         ..., help="Tables (<suite>.csv) or run directories; the first is the reference."
@@ -303,7 +323,7 @@ def _significance(row) -> str:
     return f"95% CI [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]{mark}"
 
 
-@app.command("gate")
+@command("gate")
 def gate_command(
     reference: str = typer.Option(..., "--reference", help="Reference table or run directory."),
     candidate: str = typer.Option(..., "--candidate", help="Candidate table or run directory."),
@@ -347,7 +367,7 @@ def gate_command(
     raise typer.Exit(1)
 
 
-@app.command("suites")
+@command("suites")
 def list_suites(
     as_json: bool = JSON,
 ) -> None:
@@ -391,7 +411,7 @@ def _type_name(kind: object) -> str:
     return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
 
 
-@app.command("make-imagenet-c")
+@command("make-imagenet-c")
 def make_imagenet_c(
     data: str = typer.Option(None, "--data", help="ImageNet val folder (<root>/<wnid>/<image>)."),
     out: Path = typer.Option(None, "--out", help="Output directory (released layout)."),
@@ -438,7 +458,7 @@ def make_imagenet_c(
     )
 
 
-@app.command("bench")
+@command("bench")
 def bench_command(
     model: str = MODEL,
     suite: str = typer.Option("shift", "--suite", "-s", help="The suite to run end to end."),
@@ -515,6 +535,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"aabench: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except Interrupted:
+        print(
+            "aabench: interrupted: outputs already written are kept; nothing was written "
+            "for the unfinished step",
+            file=sys.stderr,
+        )
+        sys.exit(INTERRUPTED)
     except Exception:
         # A bug, not bad input: show everything, and never exit 1, which `gate` reserves
         # for a regression.

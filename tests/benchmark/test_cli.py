@@ -78,3 +78,38 @@ def test_models_table_renders(cli):
     code, out, _ = cli("models")
     assert code == 0
     assert "resnet18_aa" in out
+
+
+def test_ctrl_c_during_a_run_exits_130_and_keeps_finished_suites(cli, tmp_path, monkeypatch):
+    import benchmark.runner
+
+    finished = []
+    real_run_suite = benchmark.runner.run_suite
+
+    def interrupt_the_second(model, suite, *args, **kwargs):
+        if finished:
+            raise KeyboardInterrupt
+        finished.append(suite.name)
+        return real_run_suite(model, suite, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark.runner, "run_suite", interrupt_the_second)
+    out = tmp_path / "runs"
+    code, _, err = cli(
+        "run", "--model", "resnet18_aa", "--weights", "none", "--suite", "accuracy,shift",
+        "--out", str(out), "--quiet", "--workers", "0", "--limit", "1",
+    )  # fmt: skip
+    assert code == 130
+    assert "interrupted" in err and "Traceback" not in err
+    written = sorted(p.name for p in (out / "resnet18_aa").iterdir())
+    assert written == ["accuracy.csv", "accuracy.json", "accuracy.samples.csv.gz"]
+
+
+def test_ctrl_c_in_gate_is_not_mistaken_for_a_regression(cli, monkeypatch):
+    import results.compare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results.compare, "load_runs", interrupted)
+    code, _, _ = cli("gate", "--reference", "a.csv", "--candidate", "b.csv")
+    assert code == 130

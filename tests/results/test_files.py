@@ -9,6 +9,7 @@ import os
 import pandas as pd
 import pytest
 
+from benchmark.errors import UserError
 from results.files import write_atomic, write_json, write_table
 
 
@@ -60,7 +61,7 @@ def test_files_get_the_permissions_of_a_plain_open(tmp_path):
 
 def test_a_failing_table_write_leaves_nothing(tmp_path):
     path = tmp_path / "t.csv"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"cannot write .*disk full"):
         write_table(Exploding({"a": [1]}), path)
     assert entries(tmp_path) == []
 
@@ -68,7 +69,7 @@ def test_a_failing_table_write_leaves_nothing(tmp_path):
 def test_a_failing_table_write_keeps_the_earlier_file(tmp_path):
     path = tmp_path / "t.csv"
     write_table(pd.DataFrame({"a": [1]}), path)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match=r"cannot write .*disk full"):
         write_table(Exploding({"a": [2]}), path)
     assert path.read_text() == "a\n1\n"
     assert entries(tmp_path) == ["t.csv"]
@@ -110,3 +111,14 @@ def test_the_destination_only_appears_complete(tmp_path):
     assert exists is False
     assert temporary.startswith(".t.txt.") and temporary.endswith(".tmp")
     assert entries(tmp_path) == ["t.txt"]
+
+
+def test_out_not_writable_is_a_user_error(cli, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output directory should be")
+    code, _, err = cli(
+        "run", "--model", "resnet18_aa", "--weights", "none", "--suite", "accuracy",
+        "--out", str(blocker), "--quiet", "--workers", "0", "--limit", "1",
+    )  # fmt: skip
+    assert code == 2
+    assert "cannot write" in err and "Traceback" not in err
