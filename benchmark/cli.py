@@ -243,7 +243,7 @@ def compare_command(
     all_rows: bool = typer.Option(
         False, "--all-rows", help="Also print rows broken down by a dimension (per offset...)."
     ),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap replicates."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     as_json: bool = JSON,
 ) -> None:
@@ -332,7 +332,7 @@ def gate_command(
     allow_mismatch: bool = typer.Option(
         False, "--allow-mismatch", help="Gate runs of different protocols or data anyway."
     ),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap replicates."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
 ) -> None:
     """Exit 1 when the candidate regresses beyond the rules, 0 when it does not."""
@@ -341,7 +341,7 @@ def gate_command(
     from results.gate import DEFAULT_RULES, apply_rules, load_rules, summary_markdown
 
     rule_list = load_rules(rules) if rules else list(DEFAULT_RULES)
-    groups = load_runs([reference, candidate])
+    groups = load_runs([reference, candidate], every_reference_suite=True)
     comparison = compare_groups(
         groups, allow_mismatch=allow_mismatch, replicates=bootstrap, seed=seed
     )

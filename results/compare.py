@@ -122,13 +122,14 @@ def _compare_pair(
     dims = reference.dimensions
     ref = reference.table.assign(_key=dimension_key(reference.table, dims))
     cand = candidate.table.assign(_key=dimension_key(candidate.table, dims))
+    # Every reference row stays: a row the candidate lacks shows (and gates) as missing.
     merged = ref.merge(
         cand[["suite", "metric", "_key", "value"]],
         on=["suite", "metric", "_key"],
-        how="inner",
+        how="left",
         suffixes=("_ref", "_cand"),
     )
-    if merged.empty:
+    if merged["value_cand"].isna().all() and not cand["value"].isna().all():
         raise UserError(
             f"{reference.label} and {candidate.label} share no (suite, metric) rows to compare"
         )
@@ -235,14 +236,22 @@ def _per_image(terms: pd.DataFrame, dims: list[str]) -> tuple[pd.DataFrame, pd.D
     return num, den
 
 
-def load_runs(paths: list[str]) -> list[list[RunData]]:
+def load_runs(paths: list[str], every_reference_suite: bool = False) -> list[list[RunData]]:
     """Tables to compare, grouped by suite: files (one suite) or run directories (every
-    suite the directories share). The first path is the reference."""
+    suite the directories share). The first path is the reference; with
+    ``every_reference_suite`` (the gate) a suite the reference has and another lacks is
+    an error, not skipped."""
 
     kinds = {Path(p).is_dir() for p in paths}
     if kinds == {True}:
         directories = [load_directory(p) for p in paths]
         shared = [suite for suite in directories[0] if all(suite in d for d in directories)]
+        lacking = [suite for suite in directories[0] if suite not in shared]
+        if every_reference_suite and lacking:
+            raise UserError(
+                f"the reference {paths[0]} has suites {', '.join(lacking)} that "
+                f"{', '.join(paths[1:])} lacks: run them for the candidate too"
+            )
         if not shared:
             raise UserError(
                 f"the directories {', '.join(paths)} share no suite: run the same suite "

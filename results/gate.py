@@ -151,8 +151,11 @@ def apply_rules(comparison: Comparison, rules: list[Rule], dimensions: list[str]
         if not rule.per_dimension:
             selected &= overall
         for _, row in rows[selected].iterrows():
+            if pd.isna(row["reference_value"]):
+                continue  # not computed in the reference either: nothing to hold to
             amount = regression(row, rule)
-            regressed = amount > rule.max_regression
+            # A value the candidate lacks cannot be shown not to regress: it fails.
+            regressed = pd.isna(row["candidate_value"]) or amount > rule.max_regression
             if regressed and rule.only_if_significant and _known_not_significant(row):
                 regressed = False
             checked.append(

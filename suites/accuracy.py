@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from benchmark.errors import UserError
 from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 
@@ -21,13 +22,16 @@ class AccuracySuite(Suite):
     resize_size: int | None = None  # None: the model's own (256 for ImageNet CNNs)
     crop_size: int | None = None  # None: the model's own (224)
 
+    def __post_init__(self):
+        for field in ("resize_size", "crop_size"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise UserError(f"accuracy {field} must be at least 1 (or none), got {value}")
+
     def prepare(self, image, preprocessing):
-        return resize_and_center_crop(
-            image,
-            self.resize_size or preprocessing.resize_size,
-            self.crop_size or preprocessing.crop_size,
-            preprocessing.interpolation,
-        )
+        resize = preprocessing.resize_size if self.resize_size is None else self.resize_size
+        crop = preprocessing.crop_size if self.crop_size is None else self.crop_size
+        return resize_and_center_crop(image, resize, crop, preprocessing.interpolation)
 
     def views(self, image, sample, position, seed):
         return Views(image[None], {})

@@ -38,9 +38,10 @@ class DiagonalSuite(Suite):
 
     def prepare(self, image, preprocessing):
         base = preprocessing.crop_size + self.max_offset
-        return resize_and_center_crop(
-            image, preprocessing.resize_size, base, preprocessing.interpolation
-        )
+        # Resize(256) -> CenterCrop(256) for the protocol's 224 crops; never a resize
+        # smaller than the crop (it would pad the views with black).
+        resize = max(preprocessing.resize_size, base)
+        return resize_and_center_crop(image, resize, base, preprocessing.interpolation)
 
     def views_per_image(self) -> int:
         return self.max_offset + 1

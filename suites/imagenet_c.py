@@ -25,7 +25,7 @@ from PIL import Image
 from benchmark.data import corruptions as C
 from benchmark.errors import UserError
 from suites import alexnet_errors
-from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
+from suites.base import Metric, Suite, Views, term_frame
 
 CLEAN = "clean"
 
@@ -61,6 +61,11 @@ class ImageNetCSuite(Suite):
         self.severity_list = C.parse_severities(self.severities)
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
+        if self.jpeg_quality is not None and not self.generate:
+            raise UserError(
+                "jpeg_quality applies to generated corruptions: add --set generate=true "
+                "(released images are already JPEG quality 85)"
+            )
 
     def parameters(self) -> dict:
         parameters = super().parameters()
@@ -85,9 +90,9 @@ class ImageNetCSuite(Suite):
 
     # Views: the clean centre crop first, then one view per cell.
     def prepare(self, image, preprocessing):
-        return resize_and_center_crop(
-            image, preprocessing.resize_size, preprocessing.crop_size, preprocessing.interpolation
-        )
+        # Resize(256) -> CenterCrop(224) whatever the model's own sizes: the pipeline that
+        # made the released corrupted images, so clean and corrupted views match.
+        return torch.from_numpy(C.center_224(image).copy()).permute(2, 0, 1)
 
     def views(self, image, sample, position, seed):  # pragma: no cover - views_from is used
         raise AssertionError("ImageNet-C builds its views in views_from")
@@ -110,8 +115,8 @@ class ImageNetCSuite(Suite):
                 if view.shape != clean.shape:
                     raise UserError(
                         f"ImageNet-C image for {sample.path} in {corruption}/{severity} is "
-                        f"{tuple(view.shape[1:])}, the model's crop is {tuple(clean.shape[1:])}: "
-                        "released ImageNet-C is 224 x 224; use a model that takes 224 inputs"
+                        f"{tuple(view.shape[1:])}, not {tuple(clean.shape[1:])}: released "
+                        "ImageNet-C is 224 x 224 and is evaluated without resizing"
                     )
             views.append(view)
             names.append(corruption)

@@ -52,9 +52,10 @@ class ShiftSuite(Suite):
     def prepare(self, image, preprocessing):
         crop = preprocessing.crop_size
         base = crop + self.max_shift if self.mode == "crop" else crop
-        return resize_and_center_crop(
-            image, preprocessing.resize_size, base, preprocessing.interpolation
-        )
+        # Resize(256) -> CenterCrop(256) for the protocol's 224 crops; never a resize
+        # smaller than the crop (it would pad the views with black).
+        resize = max(preprocessing.resize_size, base)
+        return resize_and_center_crop(image, resize, base, preprocessing.interpolation)
 
     def offsets(self, sample, position: int, seed: int, epoch: int) -> np.ndarray:
         """(dy1, dx1, dy2, dx2) for one pass over one image."""

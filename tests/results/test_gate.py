@@ -494,3 +494,51 @@ def test_rules_of_the_wrong_shape_are_user_errors(tmp_path, body):
     path.write_text(body)
     with pytest.raises(UserError, match="rule 1"):
         load_rules(path)
+
+
+def test_gate_refuses_a_candidate_that_lacks_a_reference_suite(cli, tmp_path):
+    reference, candidate = tmp_path / "ref" / "m", tmp_path / "cand" / "m"
+    write_accuracy(reference, [1, 0, 1])
+    write_shift(reference, [[[1, 1]], [[2, 2]], [[3, 4]]])
+    write_accuracy(candidate, [1, 0, 1])
+    code, _, err = cli("gate", "--reference", str(reference), "--candidate", str(candidate))
+    assert code == 2
+    assert "shift" in err and "lacks" in err and "Traceback" not in err
+
+
+def test_a_metric_missing_from_the_candidate_fails_the_gate():
+    rows = pd.DataFrame(
+        {
+            "suite": ["shift"],
+            "metric": ["consistency"],
+            "unit": ["%"],
+            "higher_is_better": [True],
+            "reference": ["ref"],
+            "candidate": ["cand"],
+            "reference_value": [90.0],
+            "candidate_value": [np.nan],
+            "delta": [np.nan],
+            "improved": [False],
+            "test": [None],
+            "p_value": [np.nan],
+            "ci_low": [np.nan],
+            "ci_high": [np.nan],
+            "significant": [None],
+        }
+    )
+    comparison = Comparison(runs=[RunTables("ref", rows), RunTables("cand", rows)], rows=rows)
+    result = apply_rules(comparison, [Rule("consistency", 0.5, suite="shift")], [])
+    assert not result.passed
+    assert result.failures["metric"].tolist() == ["consistency"]
+
+
+@pytest.mark.parametrize("command", ["compare", "gate"])
+def test_bootstrap_must_be_positive(cli, tmp_path, command):
+    a = write_accuracy(tmp_path / "a" / "m", [1, 0])
+    b = write_accuracy(tmp_path / "b" / "m", [1, 1])
+    paths = (
+        [str(a), str(b)] if command == "compare" else ["--reference", str(a), "--candidate", str(b)]
+    )
+    code, _, err = cli(command, *paths, "--bootstrap", "0")
+    assert code == 2
+    assert "--bootstrap" in err and "Traceback" not in err

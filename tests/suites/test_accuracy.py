@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.errors import UserError
 from suites.accuracy import AccuracySuite
 from tests.helpers import GOLDFISH, TENCH, make_image_folder, one_hot_logits, run, solid
 
@@ -88,3 +89,10 @@ def test_prepare_is_resize_then_centre_crop():
     assert tensor.dtype == torch.uint8
     assert tensor.shape == (3, 32, 32)
     assert tensor[0, 0].tolist() == list(range(24, 56))
+
+
+@pytest.mark.parametrize("field", ["resize_size", "crop_size"])
+@pytest.mark.parametrize("value", [0, -5])
+def test_sizes_below_one_are_user_errors(field, value):
+    with pytest.raises(UserError, match=field):
+        AccuracySuite(**{field: value})

@@ -507,8 +507,26 @@ def test_released_images_of_another_size_are_refused_not_resized(cli, tmp_path, 
     out = tmp_path / "out"
     code, stdout, err = cli(*run_args(val, out, "--imagenet-c", str(root), "--workers", workers))
     assert code == 2
-    assert "is (200, 200), the model's crop is (224, 224)" in err
+    assert "is (200, 200), not (224, 224)" in err
     assert "released ImageNet-C is 224 x 224" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert stdout == ""
     assert not out.exists()
+
+
+def test_clean_view_is_resize_256_crop_224_whatever_the_model_resizes_to():
+    from PIL import Image
+
+    from benchmark.data.corruptions import center_224
+    from benchmark.models.preprocessing import Preprocessing
+
+    image = Image.effect_mandelbrot((400, 300), (-2, -1.5, 1, 1.5), 100).convert("RGB")
+    view = ImageNetCSuite().prepare(image, Preprocessing(resize_size=232, crop_size=224))
+    assert np.array_equal(view.permute(1, 2, 0).numpy(), center_224(image))
+
+
+def test_jpeg_quality_needs_generate():
+    from benchmark.errors import UserError
+
+    with pytest.raises(UserError, match="generate=true"):
+        ImageNetCSuite(jpeg_quality=85)

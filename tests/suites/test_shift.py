@@ -256,3 +256,15 @@ def test_views_are_the_crops_at_the_drawn_offsets():
 def test_invalid_parameters_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
         ShiftSuite(**kwargs)
+
+
+def test_a_model_resize_below_256_never_pads_the_views_with_black():
+    from PIL import Image
+
+    from benchmark.models.preprocessing import Preprocessing
+
+    image = Image.new("RGB", (400, 300), (200, 200, 200))
+    # torchvision's V2 weights resize to 232; the protocol's base crop is 256.
+    base = ShiftSuite().prepare(image, Preprocessing(resize_size=232, crop_size=224))
+    assert base.shape == (3, 256, 256)
+    assert int(base.min()) == 200
