@@ -154,6 +154,9 @@ def run(
     imagenet_c: str = typer.Option(
         None, "--imagenet-c", help="Released ImageNet-C root (for --suite imagenet-c)."
     ),
+    generate: bool = typer.Option(
+        False, "--generate", help="imagenet-c: corrupt the --data images on the fly."
+    ),
     out: Path = typer.Option(Path("runs"), "--out", help="Output directory."),
     skip_bad_images: bool = typer.Option(
         False, "--skip-bad-images", help="Skip (and record) images that cannot be decoded."
@@ -172,10 +175,14 @@ def run(
     names = [name.strip() for name in suite.split(",") if name.strip()]
     if not names:
         raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
-    if imagenet_c:
-        if "imagenet-c" not in names:
-            raise UserError("--imagenet-c is for --suite imagenet-c: add it to --suite")
-        assignments = [*assignments, f"imagenet_c={imagenet_c}"]
+    for flag, given, assignment in (
+        ("--imagenet-c", imagenet_c, f"imagenet_c={imagenet_c}"),
+        ("--generate", generate, "generate=true"),
+    ):
+        if given:
+            if "imagenet-c" not in names:
+                raise UserError(f"{flag} is for --suite imagenet-c: add it to --suite")
+            assignments = [*assignments, assignment]
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
     options = EngineOptions(
         device=device,

@@ -113,3 +113,25 @@ def test_ctrl_c_in_gate_is_not_mistaken_for_a_regression(cli, monkeypatch):
     monkeypatch.setattr(results.compare, "load_runs", interrupted)
     code, _, _ = cli("gate", "--reference", "a.csv", "--candidate", "b.csv")
     assert code == 130
+
+
+@pytest.mark.parametrize("flag", [["--generate"], ["--imagenet-c", "somewhere"]])
+def test_imagenet_c_flags_need_the_imagenet_c_suite(cli, tmp_path, flag):
+    code, _, err = cli(
+        "run", "--model", "resnet18_aa", "--weights", "none", "--suite", "shift",
+        "--out", str(tmp_path), *flag,
+    )  # fmt: skip
+    assert code == 2
+    assert f"{flag[0]} is for --suite imagenet-c" in err
+
+
+def test_generate_flag_runs_imagenet_c_on_the_fly(cli, tmp_path):
+    code, out, err = cli(
+        "run", "--model", "resnet18_aa", "--weights", "none", "--suite", "imagenet-c",
+        "--generate", "--set", "corruptions=brightness", "--set", "severities=1",
+        "--limit", "1", "--workers", "0", "--quiet", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, err
+    provenance = json.loads((tmp_path / "resnet18_aa" / "imagenet-c.json").read_text())
+    assert provenance["data_source"]["kind"] == "generated"
+    assert provenance["parameters"]["generate"] is True

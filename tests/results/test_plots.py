@@ -8,12 +8,12 @@ tests use them too.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from results.compare import Comparison, RunTables
 from results.plots import (
     DIAGONAL_ACCURACY,
     DIAGONAL_P_TRUE,
@@ -34,19 +34,6 @@ from suites.diagonal import DiagonalSuite
 from suites.shift import ShiftSuite
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass
-class RunTables:
-    label: str
-    table: pd.DataFrame
-
-
-@dataclass
-class Comparison:
-    runs: list[RunTables]
-    rows: pd.DataFrame
-    warnings: list[str] = field(default_factory=list)
 
 
 def run(
