@@ -126,7 +126,7 @@ def test_imagenet_c_flags_need_the_imagenet_c_suite(cli, tmp_path, flag):
 
 
 def test_generate_flag_runs_imagenet_c_on_the_fly(cli, tmp_path):
-    code, out, err = cli(
+    code, _, err = cli(
         "run", "--model", "resnet18_aa", "--weights", "none", "--suite", "imagenet-c",
         "--generate", "--set", "corruptions=brightness", "--set", "severities=1",
         "--limit", "1", "--workers", "0", "--quiet", "--out", str(tmp_path),
