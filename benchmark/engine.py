@@ -79,6 +79,7 @@ class Evaluation:
     images: int
     views: int
     skipped: list[str] = field(default_factory=list)  # "path: reason"
+    batch_size_halvings: list[int] = field(default_factory=list)  # after out-of-memory
 
     @property
     def images_per_second(self) -> float:
@@ -280,6 +281,7 @@ def evaluate(
         images=len(dataset) - len(skipped),
         views=len(records),
         skipped=skipped,
+        batch_size_halvings=batcher.halvings,
     )
 
 
@@ -297,6 +299,7 @@ class _ViewBatcher:
         self.view_index: list[np.ndarray] = []
         self.meta: list[dict[str, np.ndarray]] = []
         self.outputs: list[dict[str, np.ndarray]] = []
+        self.halvings: list[int] = []  # batch sizes after each out-of-memory retry
 
     def add(self, item: dict, label: int) -> None:
         views = item["views"]
@@ -317,10 +320,36 @@ class _ViewBatcher:
     def flush(self) -> int:
         return self._run(self.pending_count) if self.pending_count else 0
 
+    def _reduce_halving(self, views: torch.Tensor, labels: torch.Tensor) -> dict:
+        """Reduce in chunks of ``batch_size``; on CUDA out-of-memory halve it and retry.
+
+        Outputs do not depend on the chunking (eval mode: every view is independent), so
+        only the speed changes; every halving is recorded for the provenance.
+        """
+        while True:
+            try:
+                parts = [
+                    self.model.reduce(
+                        views[i : i + self.batch_size], labels[i : i + self.batch_size]
+                    )
+                    for i in range(0, views.shape[0], self.batch_size)
+                ]
+                return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise UserError(
+                        "out of GPU memory even at batch size 1: use a smaller model, "
+                        "--amp bf16, or a GPU with more memory"
+                    ) from None
+                if self.model.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.batch_size = max(1, self.batch_size // 2)
+                self.halvings.append(self.batch_size)
+
     def _run(self, count: int) -> int:
         views = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
         labels = torch.cat(self.pending_labels)
-        self.outputs.append(self.model.reduce(views[:count], labels[:count]))
+        self.outputs.append(self._reduce_halving(views[:count], labels[:count]))
         rest = views.shape[0] - count
         self.pending = [views[count:]] if rest else []
         self.pending_labels = [labels[count:]] if rest else []

@@ -113,6 +113,7 @@ def run_suite(
         "channels_last": options.uses_channels_last(device),
         "compile": options.compile,
         "batch_size": options.batch_size,
+        "batch_size_halvings": evaluation.batch_size_halvings,
         "workers": options.worker_count,
         "versions": versions(),
         "command": sys.argv,

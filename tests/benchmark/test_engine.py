@@ -210,3 +210,34 @@ def test_device_resolution():
 def test_invalid_options_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=re.escape(message)):
         EngineOptions(**kwargs)
+
+
+class RunsOutOfMemoryAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, inner: nn.Module, limit: int):
+        super().__init__()
+        self.inner, self.limit = inner, limit
+        self.batch_sizes: list[int] = []
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        self.batch_sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_batch_and_changes_no_result(grey_root):
+    suite = ShiftSuite(max_shift=8, epochs=3)
+    plain = run(Constant(), suite, grey_root, batch_size=2)
+    model = RunsOutOfMemoryAbove(Constant(), limit=2)
+    halved = run(model, suite, grey_root, batch_size=8)
+    assert halved.batch_size_halvings == [4, 2]
+    assert set(model.batch_sizes) == {2}
+    pd.testing.assert_frame_equal(halved.records, plain.records)
+
+
+def test_out_of_memory_at_batch_size_one_is_a_user_error(grey_root):
+    model = RunsOutOfMemoryAbove(Constant(), limit=0)
+    with pytest.raises(UserError, match="out of GPU memory even at batch size 1"):
+        run(model, AccuracySuite(), grey_root, batch_size=2)
