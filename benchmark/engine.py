@@ -9,6 +9,7 @@ the device.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
@@ -39,6 +40,8 @@ from suites.base import Suite
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Per-view outputs the engine computes for every suite.
 OUTPUT_COLUMNS = ("pred", "correct", "top5_correct", "p_true", "p_other")
+# The five classes ranked first, best first, for suites that ask (``Suite.ranks``).
+RANK_COLUMNS = tuple(f"rank_{i}" for i in range(1, 6))
 
 
 @dataclass
@@ -149,7 +152,12 @@ class ViewDataset(Dataset):
             # Raised again in the main process: a worker's exception would arrive
             # wrapped in its traceback text.
             return {"position": position, "fatal": str(error)}
-        return {"position": position, "views": views.images, "meta": views.meta}
+        return {
+            "position": position,
+            "views": views.images,
+            "meta": views.meta,
+            "groups": views.groups,
+        }
 
 
 class BadImage(Exception):
@@ -181,8 +189,15 @@ def _worker_init(_: int) -> None:
 class PreparedModel:
     """The model on its device, with normalisation and output reduction beside it."""
 
-    def __init__(self, model: LoadedModel, device: torch.device, options: EngineOptions):
+    def __init__(
+        self,
+        model: LoadedModel,
+        device: torch.device,
+        options: EngineOptions,
+        ranks: bool = False,
+    ):
         self.device = device
+        self.ranks = ranks
         self.amp_dtype = AMP_DTYPES[options.amp]
         self.channels_last = options.uses_channels_last(device)
         module = model.module.to(device).eval()
@@ -223,6 +238,8 @@ class PreparedModel:
             "p_true": torch.where(known, p_true, torch.nan),
             "p_other": p_other,
         }
+        if self.ranks:
+            outputs["ranks"] = top5
         return {key: value.cpu().numpy() for key, value in outputs.items()}
 
 
@@ -238,7 +255,7 @@ def evaluate(
     """Run ``model`` over every view of every sample; ``source`` reads a sample's images
     (default: the one image of each sample in ``folder``)."""
     device = device or resolve_device(options.device)
-    prepared = PreparedModel(model, device, options)
+    prepared = PreparedModel(model, device, options, ranks=suite.ranks)
     dataset = ViewDataset(folder, suite, model, seed, source)
     per_image = max(1, suite.views_per_image())
     loader = DataLoader(
@@ -287,7 +304,12 @@ def evaluate(
 
 class _ViewBatcher:
     """Queues views of many images and runs them in forward passes of exactly
-    ``batch_size`` views (the last pass may be smaller)."""
+    ``batch_size`` views (the last pass may be smaller).
+
+    A suite may mark runs of views that must share one forward pass (the frames of an
+    ImageNet-P sequence): a pass then holds whole runs only, as many as fit in
+    ``batch_size``, and a run longer than ``batch_size`` gets a pass of its own.
+    """
 
     def __init__(self, model: PreparedModel, batch_size: int):
         self.model = model
@@ -295,6 +317,8 @@ class _ViewBatcher:
         self.pending: list[torch.Tensor] = []
         self.pending_labels: list[torch.Tensor] = []
         self.pending_count = 0
+        # Sizes of the pending atomic runs, oldest first; a free view is a run of one.
+        self.pending_runs: collections.deque[int] = collections.deque()
         self.positions: list[np.ndarray] = []
         self.view_index: list[np.ndarray] = []
         self.meta: list[dict[str, np.ndarray]] = []
@@ -307,32 +331,47 @@ class _ViewBatcher:
         self.pending.append(views)
         self.pending_labels.append(torch.full((count,), label, dtype=torch.int64))
         self.pending_count += count
+        runs = item.get("groups")
+        self.pending_runs.extend(runs if runs is not None else [1] * count)
         self.positions.append(np.full(count, item["position"]))
         self.view_index.append(np.arange(count))
         self.meta.append(item["meta"])
 
+    def _next_pass(self) -> int:
+        """Views in the next forward pass: whole runs, as many as fit in batch_size."""
+        total = 0
+        for size in self.pending_runs:
+            if total + size > self.batch_size:
+                break
+            total += size
+        return total or self.pending_runs[0]
+
     def run_full_batches(self) -> int:
         done = 0
         while self.pending_count >= self.batch_size:
-            done += self._run(self.batch_size)
+            done += self._run(self._next_pass())
         return done
 
     def flush(self) -> int:
-        return self._run(self.pending_count) if self.pending_count else 0
+        done = 0
+        while self.pending_count:
+            done += self._run(self._next_pass())
+        return done
 
     def _reduce_halving(self, views: torch.Tensor, labels: torch.Tensor) -> dict:
         """Reduce in chunks of ``batch_size``; on CUDA out-of-memory halve it and retry.
 
         Outputs do not depend on the chunking (eval mode: every view is independent), so
-        only the speed changes; every halving is recorded for the provenance.
+        only the speed changes; every halving is recorded for the provenance. After a
+        halving a long atomic run may be split: running is better than stopping.
         """
+        # One pass as _next_pass cut it; after an out-of-memory, chunks of the new size.
+        chunk = self.batch_size if self.halvings else max(1, views.shape[0])
         while True:
             try:
                 parts = [
-                    self.model.reduce(
-                        views[i : i + self.batch_size], labels[i : i + self.batch_size]
-                    )
-                    for i in range(0, views.shape[0], self.batch_size)
+                    self.model.reduce(views[i : i + chunk], labels[i : i + chunk])
+                    for i in range(0, views.shape[0], chunk)
                 ]
                 return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
             except torch.OutOfMemoryError:
@@ -343,14 +382,18 @@ class _ViewBatcher:
                     ) from None
                 if self.model.device.type == "cuda":
                     torch.cuda.empty_cache()
-                self.batch_size = max(1, self.batch_size // 2)
+                self.batch_size = max(1, min(chunk, self.batch_size) // 2)
                 self.halvings.append(self.batch_size)
+                chunk = self.batch_size
 
     def _run(self, count: int) -> int:
         views = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
         labels = torch.cat(self.pending_labels)
         self.outputs.append(self._reduce_halving(views[:count], labels[:count]))
         rest = views.shape[0] - count
+        taken = 0
+        while taken < count:
+            taken += self.pending_runs.popleft()
         self.pending = [views[count:]] if rest else []
         self.pending_labels = [labels[count:]] if rest else []
         self.pending_count = rest
@@ -366,6 +409,10 @@ class _ViewBatcher:
         for key in OUTPUT_COLUMNS:
             parts = [output[key] for output in self.outputs]
             columns[key] = np.concatenate(parts) if parts else []
+        if self.model.ranks:
+            ranks = np.concatenate([output["ranks"] for output in self.outputs])
+            for i, key in enumerate(RANK_COLUMNS):
+                columns[key] = ranks[:, i]
         meta_keys = list(self.meta[0]) if self.meta else []
         for key in meta_keys:
             columns[key] = np.concatenate([meta[key] for meta in self.meta])

@@ -44,6 +44,9 @@ class Views:
 
     images: torch.Tensor
     meta: dict[str, np.ndarray]
+    # Lengths of consecutive runs of views that must share one forward pass (the
+    # frames of a sequence), summing to len(images); None: any view may go anywhere.
+    groups: list[int] | None = None
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Suite(abc.ABC):
     # Parameters that say where data lives, not what is measured: two runs that differ
     # only in these still measure the same thing.
     locations: ClassVar[tuple[str, ...]] = ()
+    # Whether per-view records carry the five top-ranked classes (rank_1..rank_5).
+    ranks: ClassVar[bool] = False
 
     def views_from(
         self, images: dict, sample: Sample, position: int, seed: int, preprocessing
