@@ -154,8 +154,18 @@ def run(
     imagenet_c: str = typer.Option(
         None, "--imagenet-c", help="Released ImageNet-C root (for --suite imagenet-c)."
     ),
+    imagenet_p: str = typer.Option(
+        None, "--imagenet-p", help="Released ImageNet-P root (for --suite imagenet-p)."
+    ),
+    normalize_by: str = typer.Option(
+        None,
+        "--normalize-by",
+        help="imagenet-p: a reference run's imagenet-p.csv (e.g. AlexNet's) for FR and mFR.",
+    ),
     generate: bool = typer.Option(
-        False, "--generate", help="imagenet-c: corrupt the --data images on the fly."
+        False,
+        "--generate",
+        help="imagenet-c / imagenet-p: corrupt or perturb the --data images on the fly.",
     ),
     out: Path = typer.Option(Path("runs"), "--out", help="Output directory."),
     skip_bad_images: bool = typer.Option(
@@ -175,13 +185,15 @@ def run(
     names = [name.strip() for name in suite.split(",") if name.strip()]
     if not names:
         raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
-    for flag, given, assignment in (
-        ("--imagenet-c", imagenet_c, f"imagenet_c={imagenet_c}"),
-        ("--generate", generate, "generate=true"),
+    for flag, given, assignment, takers in (
+        ("--imagenet-c", imagenet_c, f"imagenet_c={imagenet_c}", ("imagenet-c",)),
+        ("--imagenet-p", imagenet_p, f"imagenet_p={imagenet_p}", ("imagenet-p",)),
+        ("--normalize-by", normalize_by, f"normalize_by={normalize_by}", ("imagenet-p",)),
+        ("--generate", generate, "generate=true", ("imagenet-c", "imagenet-p")),
     ):
         if given:
-            if "imagenet-c" not in names:
-                raise UserError(f"{flag} is for --suite imagenet-c: add it to --suite")
+            if not any(name in takers for name in names):
+                raise UserError(f"{flag} is for --suite {' or '.join(takers)}: add it to --suite")
             assignments = [*assignments, assignment]
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
     options = EngineOptions(

@@ -67,6 +67,8 @@ def run_suite(
 ) -> SuiteResult:
     device = resolve_device(options.device)
     source, data_source = source_for(suite, folder)
+    # A source with its own samples (the released ImageNet-P videos) replaces --data's.
+    folder = getattr(source, "folder", None) or folder
     started = datetime.now(timezone.utc)
     evaluation = evaluate(model, suite, folder, options, seed=seed, device=device, source=source)
     finished = datetime.now(timezone.utc)
@@ -122,6 +124,7 @@ def run_suite(
         "seconds": evaluation.seconds,
         "images_per_second": evaluation.images_per_second,
         "views_per_second": evaluation.views_per_second,
+        **suite.extra_provenance(),
     }
     directory = out / model.name
     paths = {

@@ -100,6 +100,10 @@ class Suite(abc.ABC):
     def parameters(self) -> dict:
         return dataclasses.asdict(self)
 
+    def extra_provenance(self) -> dict:
+        """Entries the suite adds to the run's provenance (e.g. a reference run's)."""
+        return {}
+
     def protocol(self) -> dict:
         """The parameters that define what is measured (locations left out)."""
         return {k: v for k, v in self.parameters().items() if k not in self.locations}

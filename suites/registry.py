@@ -11,11 +11,12 @@ from suites.accuracy import AccuracySuite
 from suites.base import Suite
 from suites.diagonal import DiagonalSuite
 from suites.imagenet_c import ImageNetCSuite
+from suites.imagenet_p import ImageNetPSuite
 from suites.shift import ShiftSuite
 
 ENTRY_POINT_GROUP = "aabench.suites"
 BUILTIN: dict[str, type[Suite]] = {
-    s.name: s for s in (AccuracySuite, ShiftSuite, DiagonalSuite, ImageNetCSuite)
+    s.name: s for s in (AccuracySuite, ShiftSuite, DiagonalSuite, ImageNetCSuite, ImageNetPSuite)
 }
 
 

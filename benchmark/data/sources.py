@@ -19,6 +19,8 @@ def corruption_library() -> str:
 
 def source_for(suite, folder: ImageFolder):
     """(source or None for the plain val images, data-source description)."""
+    if suite.name == "imagenet-p":
+        return _imagenet_p_source(suite, folder)
     if suite.name != "imagenet-c":
         return None, {"kind": "imagenet-val"}
     if suite.generate:
@@ -45,4 +47,22 @@ def source_for(suite, folder: ImageFolder):
     return ReleasedImageNetC(folder, layout, suite.cells()), {
         "kind": "released",
         "missing_cells": [f"{c}/{s}" for c, s in suite.missing_cells],
+    }
+
+
+def _imagenet_p_source(suite, folder: ImageFolder):
+    if suite.generate:
+        return None, {"kind": "generated", "generator": "aabench perturbations"}
+    if not suite.imagenet_p:
+        raise UserError(
+            "the imagenet-p suite reads the released videos: pass --imagenet-p DIR, or "
+            "--generate to make the sequences from the --data images"
+        )
+    from benchmark.data.imagenet_p import ReleasedImageNetP, find_layout, video_folder
+
+    layout = find_layout(suite.imagenet_p, suite.perturbation_list, suite.difficulty)
+    videos = video_folder(layout, limit=folder.limit)
+    return ReleasedImageNetP(layout, videos), {
+        "kind": "released",
+        "directories": {p: d.name for p, d in layout.directories.items()},
     }
