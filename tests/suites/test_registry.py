@@ -17,6 +17,8 @@ from suites.diagonal import DiagonalSuite
 from suites.registry import ENTRY_POINT_GROUP, available_suites, get_suite
 from suites.shift import ShiftSuite
 
+BUILTIN_NAMES = ("accuracy", "shift", "diagonal", "imagenet-c", "imagenet-p")
+
 TINY_SUITE = """
 from dataclasses import dataclass
 
@@ -92,7 +94,14 @@ def test_a_plugin_suite_is_found_through_its_entry_point(install_plugin):
     cls = get_suite("tiny")
     assert issubclass(cls, Suite)
     assert cls.__module__ == "aabench_tiny_plugin"
-    assert list(available_suites()) == ["accuracy", "shift", "diagonal", "imagenet-c", "tiny"]
+    assert list(available_suites()) == [
+        "accuracy",
+        "shift",
+        "diagonal",
+        "imagenet-c",
+        "imagenet-p",
+        "tiny",
+    ]
 
 
 def test_suites_json_lists_the_plugin(install_plugin, cli):
@@ -100,7 +109,7 @@ def test_suites_json_lists_the_plugin(install_plugin, cli):
     code, out, _ = cli("suites", "--json")
     assert code == 0
     described = {suite["name"]: suite for suite in json.loads(out)}
-    assert list(described) == ["accuracy", "shift", "diagonal", "imagenet-c", "tiny"]
+    assert list(described) == ["accuracy", "shift", "diagonal", "imagenet-c", "imagenet-p", "tiny"]
     tiny = described["tiny"]
     assert tiny["parameters"] == {"size": {"type": "int", "default": 64}}
     assert tiny["metrics"]["top1"]["unit"] == "%"
@@ -144,4 +153,4 @@ def test_a_plugin_may_not_reuse_a_builtin_name(install_plugin):
 
 def test_plugins_are_looked_up_afresh_so_an_uninstalled_one_is_gone():
     # Runs after the plugin tests above: their tmp_path is off sys.path again.
-    assert list(available_suites()) == ["accuracy", "shift", "diagonal", "imagenet-c"]
+    assert list(available_suites()) == [*BUILTIN_NAMES]
