@@ -18,7 +18,6 @@ import pandas as pd
 from benchmark.errors import UserError
 from results.load import RunData, load_directory, load_run
 from results.stats import mcnemar_exact, paired_bootstrap
-from suites.params import parameter_types
 from suites.registry import available_suites
 
 SIGNIFICANCE = 0.05
@@ -183,8 +182,8 @@ def paired_statistics(
     suite_class = available_suites().get(reference.suite)
     if suite_class is None:
         return None
-    suite_ref = _suite_from(suite_class, reference.provenance)
-    suite_cand = _suite_from(suite_class, candidate.provenance)
+    suite_ref = suite_class.from_provenance(reference.provenance)
+    suite_cand = suite_class.from_provenance(candidate.provenance)
     dims = list(suite_class.dimensions)
     matrices = [
         _per_image(suite.terms(samples), dims)
@@ -219,12 +218,6 @@ def paired_statistics(
             entry.update(test="mcnemar", p_value=p_value, significant=p_value < SIGNIFICANCE)
         statistics[(metric, key)] = entry
     return statistics
-
-
-def _suite_from(suite_class, provenance: dict):
-    valid = parameter_types(suite_class)
-    parameters = {k: v for k, v in provenance.get("parameters", {}).items() if k in valid}
-    return suite_class(**parameters)
 
 
 def _per_image(terms: pd.DataFrame, dims: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -100,6 +100,12 @@ class Suite(abc.ABC):
     def parameters(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_provenance(cls, provenance: dict) -> Suite:
+        """The suite a run used, rebuilt from its provenance (for `aabench compare`)."""
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        return cls(**{k: v for k, v in provenance.get("parameters", {}).items() if k in fields})
+
     def extra_provenance(self) -> dict:
         """Entries the suite adds to the run's provenance (e.g. a reference run's)."""
         return {}

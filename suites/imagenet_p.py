@@ -84,6 +84,25 @@ class ImageNetPSuite(Suite):
             parameters["reference_run_id"] = self.reference_run.run_id
         return parameters
 
+    @classmethod
+    def from_provenance(cls, provenance: dict) -> ImageNetPSuite:
+        # The reference's numbers travel in the provenance: the table they came from may
+        # have moved since.
+        parameters = dict(provenance.get("parameters", {}))
+        parameters.pop("reference_run_id", None)
+        parameters["normalize_by"] = None
+        suite = cls(**parameters)
+        if entry := provenance.get("normalization"):
+            suite.reference_run = Reference(
+                path=Path(entry["table"]),
+                run_id=entry["run_id"],
+                flip_prob=entry["flip_prob"],
+                top5_dist=entry["top5_dist"],
+                provenance=entry.get("provenance"),
+            )
+            suite.normalize_by = entry["table"]
+        return suite
+
     def extra_provenance(self) -> dict:
         if self.reference_run is None:
             return {}

@@ -100,6 +100,26 @@ def test_generated_run_then_normalised_by_it_gives_100(cli, val, tmp_path):
     # Random weights barely move their top 1, but their top 5 does: t5d is computed.
     assert table.loc[table["metric"] == "t5d", "value"].notna().any()
 
+    # compare rebuilds the normalisation from the provenance: the reference table may
+    # be gone by then.
+    import shutil
+
+    shutil.copytree(normalised, tmp_path / "again")
+    shutil.rmtree(reference)
+    code, out, err = cli(
+        "compare",
+        str(normalised / "alexnet" / "imagenet-p.csv"),
+        str(tmp_path / "again" / "alexnet" / "imagenet-p.csv"),
+        "--all-rows",
+        "--bootstrap",
+        "50",
+        "--json",
+    )
+    assert code == 0, err
+    compared = pd.DataFrame(json.loads(out))
+    t5d = compared[compared["metric"] == "t5d"]
+    assert not t5d.empty and (t5d["delta"].dropna() == 0).all()
+
 
 def test_imagenet_p_needs_released_videos_or_generate(cli, val, tmp_path):
     code, _, err = cli(*run_args(tmp_path / "out", "--data", str(val)))
