@@ -24,7 +24,7 @@ from benchmark.data.sources import source_for
 from benchmark.engine import EngineOptions, evaluate, resolve_device
 from benchmark.errors import UserError
 from benchmark.models.zoo import LoadedModel
-from results.files import write_json, write_table
+from results.files import json_writer, table_writer, write_together
 from results.table import tidy_table
 from suites.base import Suite
 
@@ -132,7 +132,12 @@ def run_suite(
         "provenance": directory / f"{suite.name}.json",
         "table": directory / f"{suite.name}.csv",
     }
-    write_table(evaluation.records, paths["samples"])
-    write_json(provenance, paths["provenance"])
-    write_table(table, paths["table"])
+    # All three or none: a failure (disk full) leaves the earlier run's files as they were.
+    write_together(
+        [
+            (paths["samples"], table_writer(evaluation.records, paths["samples"])),
+            (paths["provenance"], json_writer(provenance)),
+            (paths["table"], table_writer(table, paths["table"])),
+        ]
+    )
     return SuiteResult(table=table, provenance=provenance, paths=paths)

@@ -77,10 +77,15 @@ def compare(
     for candidate in runs[1:]:
         problems = mismatches(reference, candidate)
         if problems and (not allow_mismatch or reference.suite != candidate.suite):
+            fix = (
+                "compare tables of the same suite (--allow-mismatch cannot align them)"
+                if reference.suite != candidate.suite
+                else "compare runs of the same protocol and data (or pass --allow-mismatch, "
+                "and the report will say so)"
+            )
             raise UserError(
                 f"{reference.label} and {candidate.label} are not comparable: "
-                f"{'; '.join(problems)}; compare runs of the same protocol and data "
-                "(or pass --allow-mismatch, and the report will say so)"
+                f"{'; '.join(problems)}; {fix}"
             )
         warnings += [f"{candidate.label} vs {reference.label}: {p}" for p in problems]
     rows = pd.concat(

@@ -23,44 +23,64 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     A file system error (not writable, disk full) becomes a UserError; no temporary file
     is left behind and an earlier file at ``path`` stays as it was.
     """
-    path = Path(path)
-    temporary = None
+    write_together([(path, write)])
+
+
+def write_together(writes: list[tuple[Path, Callable[[str], None]]]) -> None:
+    """Write several files as one: each to a temporary, and only once all are written and
+    flushed, rename them all into place.
+
+    A run's table, provenance and samples file describe one run: a failure part way (disk
+    full on the last of them) must not leave a new samples file beside an old table.
+    """
+    temporaries: list[str] = []
+    path = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        os.close(handle)
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        write(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
+        for path, write in writes:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+            )
+            os.close(handle)
+            temporaries.append(temporary)
+            # mkstemp creates 0600; give the file the permissions a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
+            write(temporary)
+            with open(temporary, "rb") as written:
+                os.fsync(written.fileno())
+        for (path, _), temporary in zip(writes, temporaries, strict=True):
+            os.replace(temporary, path)
     except OSError as error:
         raise UserError(
             f"cannot write {path} ({error.strerror or error}): choose a writable --out "
             "directory with free space; files written before are intact"
         ) from error
     finally:
-        if temporary is not None and os.path.exists(temporary):
-            os.unlink(temporary)
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
 
 
-def write_table(table: pd.DataFrame, path: Path) -> None:
-    compression = "gzip" if path.name.endswith(".gz") else None
-    write_atomic(
-        path,
-        lambda temporary: table.to_csv(temporary, index=False, compression=compression),
-    )
+def table_writer(table: pd.DataFrame, path: Path) -> Callable[[str], None]:
+    compression = "gzip" if Path(path).name.endswith(".gz") else None
+    return lambda temporary: table.to_csv(temporary, index=False, compression=compression)
 
 
-def write_json(data: dict, path: Path) -> None:
+def json_writer(data: dict) -> Callable[[str], None]:
     def write(temporary: str) -> None:
         with open(temporary, "w") as out:
             json.dump(data, out, indent=2, sort_keys=False, default=str)
             out.write("\n")
 
-    write_atomic(path, write)
+    return write
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    write_atomic(path, table_writer(table, path))
+
+
+def write_json(data: dict, path: Path) -> None:
+    write_atomic(path, json_writer(data))

@@ -64,9 +64,21 @@ def load_rules(path: str | Path) -> list[Rule]:
     try:
         document = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"rules file {path} does not exist") from None
+        raise UserError(
+            f"rules file {path} does not exist: fix the --rules path, or leave --rules out "
+            "for the default rules"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"rules file {path} is not valid TOML: {error}") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise UserError(
+            f"rules file {path} is not valid TOML: {reason}; fix it (each rule is "
+            'a [[rule]] table, e.g. [[rule]] metric = "consistency" max_regression = 0.5)'
+        ) from error
+    except OSError as error:
+        raise UserError(
+            f"cannot read rules file {path} ({error.strerror or error}): pass a TOML file to "
+            "--rules"
+        ) from error
     entries = document.get("rule")
     unknown_top = sorted(set(document) - {"rule"})
     if unknown_top or not isinstance(entries, list) or not entries:

@@ -47,7 +47,10 @@ def convert(value: str, annotation: object, key: str) -> object:
         if origin in (tuple, list):
             return origin(part.strip() for part in value.split(",") if part.strip())
     names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise UserError(f"--set {key}={value!r}: expected {names}")
+    raise UserError(
+        f"--set {key}={value!r}: expected {names}; give a value of that type "
+        "(`aabench suites` lists every parameter with its type and default)"
+    )
 
 
 def _is_union(annotation: object) -> bool:

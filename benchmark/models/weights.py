@@ -150,13 +150,14 @@ def download(
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     note = f" (licence: {licence})" if licence else ""
-    print(f"downloading {url} -> {destination}{note}", file=sys.stderr)
     digest = hashlib.sha256()
     handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".download-")
     try:
         with os.fdopen(handle, "wb") as out:
             try:
                 with urlopen(url, timeout=60) as response:
+                    # Only once connected: offline, the error must be the one line printed.
+                    print(f"downloading {url} -> {destination}{note}", file=sys.stderr)
                     while chunk := response.read(_CHUNK):
                         digest.update(chunk)
                         out.write(chunk)

@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import UserError
-from results.files import write_atomic, write_json, write_table
+from results.files import (
+    json_writer,
+    table_writer,
+    write_atomic,
+    write_json,
+    write_table,
+    write_together,
+)
 
 
 class Exploding(pd.DataFrame):
@@ -122,3 +129,21 @@ def test_out_not_writable_is_a_user_error(cli, tmp_path):
     )  # fmt: skip
     assert code == 2
     assert "cannot write" in err and "Traceback" not in err
+
+
+def test_write_together_renames_only_when_every_file_is_written(tmp_path):
+    first, second = tmp_path / "t.csv", tmp_path / "p.json"
+    write_together(
+        [(first, table_writer(pd.DataFrame({"a": [1]}), first)), (second, json_writer({"n": 1}))]
+    )
+
+    def disk_full(temporary: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError, match=r"cannot write .*p\.json .*No space left"):
+        write_together(
+            [(first, table_writer(pd.DataFrame({"a": [2]}), first)), (second, disk_full)]
+        )
+    assert first.read_text() == "a\n1\n"
+    assert json.loads(second.read_text()) == {"n": 1}
+    assert entries(tmp_path) == ["p.json", "t.csv"]
