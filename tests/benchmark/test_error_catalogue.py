@@ -454,6 +454,41 @@ def test_7_imagenet_c_missing_cell_or_wrong_layout(cli, tmp_path, make):
     assert files_under(out) == []
 
 
+def _video_unreadable(root: Path):
+    from tests.benchmark.data.test_imagenet_p_videos import make_imagenet_p
+
+    make_imagenet_p(root, {"rotate": 31}, images=1)
+    (root / "rotate" / TENCH / "ILSVRC2012_val_00000001.mp4").write_bytes(b"\x00" * 64)
+    return ["cannot decode image", "ILSVRC2012_val_00000001.mp4", "--skip-bad-images"]
+
+
+def _video_wrong_frame_count(root: Path):
+    from tests.benchmark.data.test_imagenet_p_videos import make_imagenet_p
+
+    make_imagenet_p(root, {"rotate": 29}, images=1)
+    return ["ILSVRC2012_val_00000001.mp4", "has 29 frames, not the 31 of rotate", "re-extract"]
+
+
+def _video_folder_missing(root: Path):
+    from tests.benchmark.data.test_imagenet_p_videos import make_imagenet_p
+
+    make_imagenet_p(root, {"scale": 31}, images=1)
+    return ["lacks rotate/", "found: scale", "--set perturbations="]
+
+
+@pytest.mark.parametrize(
+    "make", [_video_unreadable, _video_wrong_frame_count, _video_folder_missing]
+)
+def test_7_imagenet_p_video_unreadable_wrong_frame_count_or_missing(cli, tmp_path, make):
+    p = tmp_path / "imagenet-p"
+    words = make(p)
+    out = tmp_path / "runs"
+    args = ("--suite", "imagenet-p", "--imagenet-p", str(p), "--set", "perturbations=rotate")
+    model = ("--model", "alexnet", "--weights", "none", *FAST)
+    user_error(cli("run", *model, *args, "--out", str(out)), *words)
+    assert files_under(out) == []
+
+
 # 8. compare: different suites, protocols or data; a CSV that is not an aabench table.
 
 
