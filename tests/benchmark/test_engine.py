@@ -213,16 +213,17 @@ def test_invalid_options_are_user_errors(kwargs, message):
 
 
 class RunsOutOfMemoryAbove(nn.Module):
-    """Raises CUDA's out-of-memory error for batches larger than ``limit``."""
+    """Raises CUDA's out-of-memory error (or ``error``) for batches larger than ``limit``."""
 
-    def __init__(self, inner: nn.Module, limit: int):
+    def __init__(self, inner: nn.Module, limit: int, error: Exception | None = None):
         super().__init__()
         self.inner, self.limit = inner, limit
+        self.error = error or torch.OutOfMemoryError("CUDA out of memory (injected)")
         self.batch_sizes: list[int] = []
 
     def forward(self, x):
         if x.shape[0] > self.limit:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            raise self.error
         self.batch_sizes.append(x.shape[0])
         return self.inner(x)
 
@@ -235,6 +236,20 @@ def test_out_of_memory_halves_the_batch_and_changes_no_result(grey_root):
     assert halved.batch_size_halvings == [4, 2]
     assert set(model.batch_sizes) == {2}
     pd.testing.assert_frame_equal(halved.records, plain.records)
+
+
+def test_a_batch_too_large_for_32_bit_indexing_is_halved_too(grey_root):
+    # What reflect padding raised on an H100 for a batch of 65536 views.
+    error = RuntimeError("input tensor must fit into 32-bit index math")
+    model = RunsOutOfMemoryAbove(Constant(), limit=3, error=error)
+    halved = run(model, ShiftSuite(max_shift=8, epochs=3), grey_root, batch_size=8)
+    assert halved.batch_size_halvings == [4, 2]
+
+
+def test_other_runtime_errors_are_not_mistaken_for_a_batch_too_large(grey_root):
+    model = RunsOutOfMemoryAbove(Constant(), limit=0, error=RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run(model, AccuracySuite(), grey_root, batch_size=2)
 
 
 def test_out_of_memory_at_batch_size_one_is_a_user_error(grey_root):
