@@ -6,6 +6,8 @@ then renamed over the destination (atomic on POSIX file systems).
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import tempfile
@@ -50,11 +52,21 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
-    compression = "gzip" if path.name.endswith(".gz") else None
-    write_atomic(
-        path,
-        lambda temporary: table.to_csv(temporary, index=False, compression=compression),
-    )
+    if not path.name.endswith(".gz"):
+        write_atomic(path, lambda temporary: table.to_csv(temporary, index=False))
+        return
+
+    def write_gzip(temporary: str) -> None:
+        # No time stamp and no (temporary) file name in the gzip header: the same table
+        # gives the same bytes, so runs can be compared file by file.
+        with (
+            open(temporary, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped,
+            io.TextIOWrapper(zipped, encoding="utf-8", newline="") as text,
+        ):
+            table.to_csv(text, index=False)
+
+    write_atomic(path, write_gzip)
 
 
 def write_json(data: dict, path: Path) -> None:
