@@ -101,13 +101,11 @@ class PartialRun:
 
     # -- reading and deciding (rank 0) ---------------------------------------------------
 
-    def prepare(self, resume: bool, restart: bool) -> list[Part]:
-        """The finished parts to keep: none for a fresh run; refuses a run that would
-        discard or mix in another's work."""
+    def check(self, resume: bool, restart: bool) -> None:
+        """Refuse to discard an unfinished run without --restart, or to resume one whose
+        identity differs from this run's."""
         if restart or not self.exists():
-            # Also clears leftovers without a manifest (temporary files of a killed run).
-            shutil.rmtree(self.directory, ignore_errors=True)
-            return []
+            return
         if not resume:
             self.refuse_if_unfinished()
         saved = self._read_manifest()
@@ -118,6 +116,14 @@ class PartialRun:
                 f"{differences}; rerun with the options of the unfinished run to continue it, "
                 "or pass --restart to discard it"
             )
+
+    def prepare(self, resume: bool, restart: bool) -> list[Part]:
+        """The finished parts to keep: none for a fresh run (leftovers are removed)."""
+        self.check(resume, restart)
+        if restart or not self.exists():
+            # Also clears leftovers without a manifest (temporary files of a killed run).
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return []
         parts = [_load(chunk) for chunk in self.chunks()]
         positions = np.concatenate([p.positions for p in parts]) if parts else np.zeros(0)
         if len(np.unique(positions)) != len(positions):

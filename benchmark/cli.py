@@ -179,7 +179,7 @@ def run(
     from benchmark.data.folder import open_image_folder
     from benchmark.engine import EngineOptions
     from benchmark.models.zoo import create_model
-    from benchmark.runner import refuse_unfinished, run_suite
+    from benchmark.runner import check_unfinished, run_suite
     from suites.params import build_suites
     from suites.registry import get_suite
 
@@ -211,7 +211,7 @@ def run(
     folder = open_image_folder(data, limit=limit)
     loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, init_seed=seed)
     if world.is_main:
-        refuse_unfinished(out, loaded.name, suite_objects, checkpoints)
+        check_unfinished(loaded, suite_objects, folder, options, seed, out, checkpoints)
     summaries = []
     for suite_object in suite_objects:
         result = run_suite(

@@ -64,6 +64,29 @@ def run_id_for(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def run_identity(
+    model: LoadedModel,
+    suite: Suite,
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int,
+    data_source: dict,
+) -> dict:
+    """What makes two runs the same measurement: the run id, and what a resumed run must
+    share with the interrupted one."""
+    return {
+        "model": model.name,
+        "weights_sha256": model.weights.sha256 or "none",
+        "suite": suite.name,
+        "parameters": suite.protocol(),
+        "data": folder.fingerprint(),
+        "data_source": data_source,
+        "seed": seed,
+        "amp": options.amp,
+        "aabench": __version__,
+    }
+
+
 def run_suite(
     model: LoadedModel,
     suite: Suite,
@@ -80,17 +103,7 @@ def run_suite(
     device = resolve_device(options.device)
     source, data_source = source_for(suite, folder)
     weights = model.weights
-    identity = {
-        "model": model.name,
-        "weights_sha256": weights.sha256 or "none",
-        "suite": suite.name,
-        "parameters": suite.protocol(),
-        "data": folder.fingerprint(),
-        "data_source": data_source,
-        "seed": seed,
-        "amp": options.amp,
-        "aabench": __version__,
-    }
+    identity = run_identity(model, suite, folder, options, seed, data_source)
     run_id = run_id_for(identity)
     directory = out / model.name
     paths = {
@@ -198,11 +211,20 @@ def _finished(paths: dict[str, Path], run_id: str) -> bool:
         return False
 
 
-def refuse_unfinished(out: Path, model: str, suites: list[Suite], checkpoints) -> None:
-    """Before any suite runs: a suite with an unfinished run needs --resume or --restart
-    (rather than finding out after the suites before it have run again)."""
-    if checkpoints.resume or checkpoints.restart:
-        return
+def check_unfinished(
+    model: LoadedModel,
+    suites: list[Suite],
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int,
+    out: Path,
+    checkpoints: CheckpointOptions,
+) -> None:
+    """Before any suite runs: refuse an unfinished run that would be discarded without
+    --restart, or resumed with other options, rather than finding out after the suites
+    before it have run (and rewritten their outputs) again."""
     for suite in suites:
-        directory = partial_directory(out, model, suite.name)
-        PartialRun(directory, {"suite": suite.name}).refuse_if_unfinished()
+        _, data_source = source_for(suite, folder)
+        identity = run_identity(model, suite, folder, options, seed, data_source)
+        partial = PartialRun(partial_directory(out, model.name, suite.name), identity)
+        partial.check(checkpoints.resume, checkpoints.restart)
