@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -136,7 +137,8 @@ class World:
             while self.store.add("stopped", 0) < self.size:
                 if time.monotonic() > deadline:
                     if not self.is_main:
-                        print(f"{line} (rank {self.rank}; rank 0 did not report it)", flush=True)
+                        note = f"(rank {self.rank}; rank 0 did not report it)"
+                        print(f"{line} {note}", file=sys.stderr, flush=True)
                     return
                 time.sleep(MEET_SLEEP)
         except Exception:
@@ -228,10 +230,9 @@ def start(device: str) -> World:
     from benchmark.engine import resolve_device
 
     _current = world = _from_environment()
-    world.device = device_for(device, world)
     if world.size == 1:
+        world.device = device
         return world
-    resolved = resolve_device(world.device)
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
         store, _, _ = next(
@@ -242,6 +243,12 @@ def start(device: str) -> World:
             f"cannot join the other ranks ({error}): start distributed runs with torchrun, "
             "which sets MASTER_ADDR and MASTER_PORT"
         ) from None
+    world.store = dist.PrefixStore("aabench", store)
+    # A rank without its device (more processes than GPUs) fails here, and the others
+    # hear of it at the meeting instead of waiting for it in init_process_group.
+    world.device = device_for(device, world)
+    resolved = resolve_device(world.device)
+    world._meet()
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     backend = "nccl" if resolved.type == "cuda" else "gloo"
@@ -253,7 +260,6 @@ def start(device: str) -> World:
         timeout=RENDEZVOUS_TIMEOUT,
     )
     world.group = dist.new_group(backend="gloo") if backend != "gloo" else None
-    world.store = dist.PrefixStore("aabench", store)
     return world
 
 
