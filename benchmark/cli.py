@@ -171,17 +171,31 @@ def run(
     skip_bad_images: bool = typer.Option(
         False, "--skip-bad-images", help="Skip (and record) images that cannot be decoded."
     ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run from its checkpoints."
+    ),
+    restart: bool = typer.Option(
+        False, "--restart", help="Discard an interrupted run's checkpoints and start over."
+    ),
+    checkpoint_every: float = typer.Option(
+        60.0, "--checkpoint-every", help="Seconds between checkpoints of finished images."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = JSON,
 ) -> None:
     """Run benchmark suites on a model and write tidy tables with provenance."""
+    from benchmark import distributed
+    from benchmark.checkpoint import CheckpointOptions
     from benchmark.data.folder import open_image_folder
     from benchmark.engine import EngineOptions
     from benchmark.models.zoo import create_model
-    from benchmark.runner import run_suite
+    from benchmark.runner import check_unfinished, run_suite
     from suites.params import build_suites
     from suites.registry import get_suite
 
+    # First: under torchrun, an error from here on stops every rank together.
+    world = distributed.start(device)
+    checkpoints = CheckpointOptions(resume=resume, restart=restart, every=checkpoint_every)
     names = [name.strip() for name in suite.split(",") if name.strip()]
     if not names:
         raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
@@ -197,24 +211,34 @@ def run(
             assignments = [*assignments, assignment]
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
     options = EngineOptions(
-        device=device,
+        device=world.device,
         batch_size=batch_size,
         workers=workers,
         amp=amp,
         channels_last=channels_last,
         compile=compile_model,
-        quiet=quiet or as_json,
+        quiet=quiet or as_json or not world.is_main,
         skip_bad_images=skip_bad_images,
     )
     folder = open_image_folder(data, limit=limit)
     loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, init_seed=seed)
+    if world.is_main:
+        check_unfinished(loaded, suite_objects, folder, options, seed, out, checkpoints)
     summaries = []
     for suite_object in suite_objects:
-        result = run_suite(loaded, suite_object, folder, options, seed=seed, out=out)
+        result = run_suite(
+            loaded, suite_object, folder, options, seed=seed, out=out, world=world,
+            checkpoints=checkpoints,
+        )  # fmt: skip
+        if result is None:  # not rank 0: rank 0 writes and prints
+            continue
         summaries.append(result)
         if result.provenance["data"]["skipped_images"]:
             skipped = result.provenance["data"]["skipped_images"]
             print(f"aabench: skipped {len(skipped)} bad image(s): {skipped[:3]}", file=sys.stderr)
+    world.close()
+    if not world.is_main:
+        return
     if as_json:
         rows = [row for result in summaries for row in _headline(result.table)]
         typer.echo(json.dumps(rows, indent=1))
@@ -551,26 +575,49 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="aabench")
     except UserError as error:
         if _state["debug"]:
+            _other_ranks_stop(error.exit_code, str(error))
             raise
-        print(f"aabench: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        _exit(error.exit_code, f"aabench: error: {error}", str(error))
     except Interrupted:
-        print(
+        _exit(
+            INTERRUPTED,
             "aabench: interrupted: outputs already written are kept; nothing was written "
-            "for the unfinished step",
-            file=sys.stderr,
+            "for the unfinished step (a run keeps its finished images: --resume continues it)",
+            "interrupted",
         )
-        sys.exit(INTERRUPTED)
-    except Exception:
+    except Exception as error:
         # A bug, not bad input: show everything, and never exit 1, which `gate` reserves
         # for a regression.
         traceback.print_exc()
-        print(
+        _exit(
+            INTERNAL_ERROR,
             f"aabench {__version__}: internal error (a bug): please report it with the "
             "traceback above",
-            file=sys.stderr,
+            f"a rank hit an internal error (a bug; its traceback is in its output): "
+            f"{type(error).__name__}: {error}",
         )
-        sys.exit(INTERNAL_ERROR)
+
+
+def _other_ranks_stop(code: int, message: str):
+    """Under torchrun: tell the other ranks to stop. Imported late: only `run` starts a
+    distributed world, and torch is slow to import for the other commands."""
+    if "benchmark.distributed" not in sys.modules:
+        return None
+    world = sys.modules["benchmark.distributed"].current()
+    world.stop(code, message)
+    return world
+
+
+def _exit(code: int, line: str, message: str):
+    """Print ``line`` and exit with ``code``; under torchrun only rank 0 prints, and
+    every rank stops with the same code (``message`` is what rank 0 shows for another
+    rank's failure)."""
+    world = _other_ranks_stop(code, message)
+    if world is None or world.is_main:
+        print(line, file=sys.stderr)
+    if world is not None:
+        world.leave(line)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ the device.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +78,57 @@ class EngineOptions:
 
 
 @dataclass
+class Part:
+    """Finished images: every view run, or the image skipped. Positions are global
+    (places in ``folder.samples``), so parts from shards, ranks and earlier sessions of
+    one run join into exactly the records a single uninterrupted process makes."""
+
+    positions: np.ndarray  # every finished image, skipped ones included
+    records: pd.DataFrame  # their records, by position then view
+    record_positions: np.ndarray  # the position of each record
+    skipped: dict[int, str] = field(default_factory=dict)  # position -> "path: reason"
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @staticmethod
+    def join(parts: list[Part]) -> Part:
+        """One part, in single-process order: by position, then view."""
+        with_records = [part for part in parts if len(part.records)]
+        if with_records:
+            positions = np.concatenate([part.record_positions for part in with_records])
+            order = np.argsort(positions, kind="stable")  # views stay in their order
+            joined = pd.concat([part.records for part in with_records], ignore_index=True)
+            records = joined.iloc[order].reset_index(drop=True)
+            positions = positions[order]
+        else:  # nothing but skipped images: empty records that keep their columns
+            records = parts[0].records if parts else pd.DataFrame()
+            positions = np.zeros(0, dtype=np.int64)
+        skipped = {p: text for part in parts for p, text in part.skipped.items()}
+        finished = [part.positions for part in parts]
+        return Part(
+            positions=np.sort(np.concatenate(finished)) if finished else np.zeros(0, np.int64),
+            records=records,
+            record_positions=positions,
+            skipped=dict(sorted(skipped.items())),
+        )
+
+
+@dataclass
+class Hooks:
+    """What a long run does between loader batches besides evaluating.
+
+    ``save`` receives the images finished since its last call: every ``save_every``
+    seconds, at the end, and when the run stops on an exception (Ctrl-C included), so
+    finished work survives. ``poll`` may raise to stop the run (another rank failed).
+    """
+
+    save: Callable[[Part], None] | None = None
+    save_every: float = 60.0
+    poll: Callable[[], None] | None = None
+
+
+@dataclass
 class Evaluation:
     records: pd.DataFrame  # one row per (image, view)
     seconds: float
@@ -83,6 +136,7 @@ class Evaluation:
     views: int
     skipped: list[str] = field(default_factory=list)  # "path: reason"
     batch_size_halvings: list[int] = field(default_factory=list)  # after out-of-memory
+    finished: Part | None = None  # the same records with their global positions
 
     @property
     def images_per_second(self) -> float:
@@ -127,21 +181,31 @@ class FolderSource:
 
 
 class ViewDataset(Dataset):
-    """Item i: the decoded image(s) of sample i, as the suite's views."""
+    """Item i: the decoded image(s) of sample ``positions[i]`` (default: of sample i), as
+    the suite's views. Suites see the global position, so a shard's views are the views
+    the whole run would cut."""
 
     def __init__(
-        self, folder: ImageFolder, suite: Suite, model: LoadedModel, seed: int, source=None
+        self,
+        folder: ImageFolder,
+        suite: Suite,
+        model: LoadedModel,
+        seed: int,
+        source=None,
+        positions=None,
     ):
         self.samples = folder.samples
+        self.positions = range(len(self.samples)) if positions is None else positions
         self.source = source or FolderSource(folder)
         self.suite = suite
         self.preprocessing = model.preprocessing
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.positions)
 
-    def __getitem__(self, position: int) -> dict:
+    def __getitem__(self, index: int) -> dict:
+        position = int(self.positions[index])
         sample = self.samples[position]
         try:
             images = self.source.images(sample)
@@ -271,12 +335,16 @@ def evaluate(
     seed: int = 0,
     device: torch.device | None = None,
     source=None,
+    positions=None,
+    hooks: Hooks | None = None,
 ) -> Evaluation:
-    """Run ``model`` over every view of every sample; ``source`` reads a sample's images
-    (default: the one image of each sample in ``folder``)."""
+    """Run ``model`` over every view of every sample (or of the samples at ``positions``,
+    ascending); ``source`` reads a sample's images (default: the one image of each sample
+    in ``folder``)."""
     device = device or resolve_device(options.device)
+    hooks = hooks or Hooks()
     prepared = PreparedModel(model, device, options, ranks=suite.ranks)
-    dataset = ViewDataset(folder, suite, model, seed, source)
+    dataset = ViewDataset(folder, suite, model, seed, source, positions)
     per_image = max(1, suite.views_per_image())
     loader = DataLoader(
         dataset,
@@ -286,38 +354,84 @@ def evaluate(
         collate_fn=_collate,
         worker_init_fn=_worker_init if options.worker_count else None,
     )
-    batcher = _ViewBatcher(prepared, options.batch_size)
-    skipped: list[str] = []
+    batcher = _ViewBatcher(prepared, options.batch_size, folder)
+    block = block_size(suite, options.batch_size)
+    parts: list[Part] = []
+    skipped: dict[int, str] = {}  # not yet in a part
+    consumed = 0  # items of the dataset taken from the loader
+
+    def take(final: bool = False) -> None:
+        cut = None  # at the end every block is whole
+        if not final:
+            # Before the end, whole blocks only: a resumed run starts at a block
+            # boundary and packs its forward passes as an uninterrupted run does.
+            upcoming = dataset.positions[consumed] if consumed < len(dataset) else None
+            unfinished = [p for p in (batcher.first_unfinished(), upcoming) if p is not None]
+            cut = int(min(unfinished)) // block * block if unfinished else None
+        ready = {p: text for p, text in skipped.items() if cut is None or p < cut}
+        part = batcher.take_finished(ready, before=cut)
+        for position in ready:
+            del skipped[position]
+        parts.append(part)
+        if hooks.save and len(part):
+            hooks.save(part)
+
     start = time.perf_counter()
-    with _progress(options.quiet, suite.name, len(dataset)) as advance:
-        for items in loader:
-            for item in items:
-                sample = folder.samples[item["position"]]
-                if "fatal" in item:
-                    raise UserError(item["fatal"])
-                if "error" in item:
-                    if not options.skip_bad_images:
-                        raise UserError(
-                            f"cannot decode image {item['path']} ({item['error']}): fix or "
-                            "remove it, or pass --skip-bad-images to skip it (skipped images "
-                            "are recorded in the provenance)"
-                        )
-                    own = Path(item["path"]) == folder.root / sample.path
-                    skipped.append(f"{sample.path if own else item['path']}: {item['error']}")
-                    advance(1)
-                    continue
-                batcher.add(item, sample.label)
-            advance(batcher.run_full_batches() / per_image)
-        advance(batcher.flush() / per_image)
+    saved = time.monotonic()
+    current_block = None
+    try:
+        with _progress(options.quiet, suite.name, len(dataset)) as advance:
+            for items in loader:
+                for item in items:
+                    if item["position"] // block != current_block:
+                        # A forward pass never mixes two blocks, so its composition, and
+                        # with it the float rounding of its outputs, is the same in
+                        # every shard and every resumed session.
+                        advance(batcher.flush() / per_image)
+                        current_block = item["position"] // block
+                    sample = folder.samples[item["position"]]
+                    if "fatal" in item:
+                        raise UserError(item["fatal"])
+                    if "error" in item:
+                        if not options.skip_bad_images:
+                            raise UserError(
+                                f"cannot decode image {item['path']} ({item['error']}): fix "
+                                "or remove it, or pass --skip-bad-images to skip it (skipped "
+                                "images are recorded in the provenance)"
+                            )
+                        own = Path(item["path"]) == folder.root / sample.path
+                        text = f"{sample.path if own else item['path']}: {item['error']}"
+                        skipped[item["position"]] = text
+                        advance(1)
+                        consumed += 1
+                        continue
+                    batcher.add(item, sample.label)
+                    consumed += 1
+                advance(batcher.run_full_batches() / per_image)
+                if hooks.poll:
+                    hooks.poll()
+                if hooks.save and time.monotonic() - saved >= hooks.save_every:
+                    take()
+                    saved = time.monotonic()
+            advance(batcher.flush() / per_image)
+    except BaseException:
+        if hooks.save:
+            # Keep what is finished; the error that stopped the run matters more than one
+            # that saving might hit now.
+            with contextlib.suppress(Exception):
+                take()
+        raise
     seconds = time.perf_counter() - start
-    records = batcher.records(folder)
+    take(final=True)
+    finished = Part.join(parts)
     return Evaluation(
-        records=records,
+        records=finished.records,
         seconds=seconds,
-        images=len(dataset) - len(skipped),
-        views=len(records),
-        skipped=skipped,
+        images=len(finished) - len(finished.skipped),
+        views=len(finished.records),
+        skipped=list(finished.skipped.values()),
         batch_size_halvings=batcher.halvings,
+        finished=finished,
     )
 
 
@@ -333,6 +447,19 @@ def batch_too_large(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(text in str(error) for text in _TOO_LARGE)
 
 
+def block_size(suite: Suite, batch_size: int) -> int:
+    """Images per block: the fewest consecutive images whose views fill whole batches.
+
+    Batches of images that all have the same number of views then end exactly at block
+    boundaries, so cutting the work at block boundaries (shards, checkpoints) leaves
+    every forward pass as an uninterrupted single process runs it. Float results depend
+    on a pass's composition (CPU kernels round differently for different batch sizes),
+    and tables must be byte-identical however the work was cut.
+    """
+    views = max(1, suite.views_per_image())
+    return batch_size // math.gcd(batch_size, views)
+
+
 class _ViewBatcher:
     """Queues views of many images and runs them in forward passes of exactly
     ``batch_size`` views (the last pass may be smaller).
@@ -342,15 +469,17 @@ class _ViewBatcher:
     ``batch_size``, and a run longer than ``batch_size`` gets a pass of its own.
     """
 
-    def __init__(self, model: PreparedModel, batch_size: int):
+    def __init__(self, model: PreparedModel, batch_size: int, folder: ImageFolder):
         self.model = model
         self.batch_size = batch_size
+        self.folder = folder
         self.pending: list[torch.Tensor] = []
         self.pending_labels: list[torch.Tensor] = []
         self.pending_count = 0
         # Sizes of the pending atomic runs, oldest first; a free view is a run of one.
         self.pending_runs: collections.deque[int] = collections.deque()
         self.positions: list[np.ndarray] = []
+        self.item_positions: list[int] = []
         self.view_index: list[np.ndarray] = []
         self.meta: list[dict[str, np.ndarray]] = []
         self.outputs: list[dict[str, np.ndarray]] = []
@@ -364,7 +493,8 @@ class _ViewBatcher:
         self.pending_count += count
         runs = item.get("groups")
         self.pending_runs.extend(runs if runs is not None else [1] * count)
-        self.positions.append(np.full(count, item["position"]))
+        self.positions.append(np.full(count, item["position"], dtype=np.int64))
+        self.item_positions.append(item["position"])
         self.view_index.append(np.arange(count))
         self.meta.append(item["meta"])
 
@@ -432,23 +562,65 @@ class _ViewBatcher:
         self.pending_count = rest
         return count
 
-    def records(self, folder: ImageFolder) -> pd.DataFrame:
-        positions = np.concatenate(self.positions) if self.positions else np.zeros(0, int)
+    def _finished_items(self, before: int | None = None) -> tuple[int, int]:
+        """(images, views) of the queue's first images whose every view has run (and
+        whose position is below ``before``)."""
+        done = sum(len(output["pred"]) for output in self.outputs)
+        items = views = 0
+        while items < len(self.positions) and views + len(self.positions[items]) <= done:
+            if before is not None and self.item_positions[items] >= before:
+                break
+            views += len(self.positions[items])
+            items += 1
+        return items, views
+
+    def first_unfinished(self) -> int | None:
+        """The position of the first image with a view still to run."""
+        items, _ = self._finished_items()
+        return self.item_positions[items] if items < len(self.item_positions) else None
+
+    def take_finished(self, skipped: dict[int, str], before: int | None = None) -> Part:
+        """The images whose every view has run (and whose position is below ``before``),
+        plus ``skipped``, removed from the queue."""
+        done = sum(len(output["pred"]) for output in self.outputs)
+        items, views = self._finished_items(before)
+        outputs = []
+        if views:
+            keys = self.outputs[0]
+            merged = {key: np.concatenate([o[key] for o in self.outputs]) for key in keys}
+            outputs = [{key: value[:views] for key, value in merged.items()}]
+            rest = {key: value[views:] for key, value in merged.items()}
+            self.outputs = [rest] if views < done else []
+        positions, self.positions = self.positions[:items], self.positions[items:]
+        view_index, self.view_index = self.view_index[:items], self.view_index[items:]
+        meta, self.meta = self.meta[:items], self.meta[items:]
+        finished = self.item_positions[:items] + list(skipped)
+        del self.item_positions[:items]
+        record_positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        return Part(
+            positions=np.array(sorted(finished), dtype=np.int64),
+            records=self._frame(record_positions, view_index, meta, outputs),
+            record_positions=record_positions,
+            skipped=dict(skipped),
+        )
+
+    def _frame(self, positions, view_index, meta, outputs) -> pd.DataFrame:
+        samples = self.folder.samples
         columns: dict[str, object] = {
-            "sample": [folder.samples[p].path for p in positions],
-            "view": np.concatenate(self.view_index) if self.view_index else [],
-            "label": [folder.samples[p].label for p in positions],
+            "sample": [samples[p].path for p in positions],
+            "view": np.concatenate(view_index) if view_index else [],
+            "label": [samples[p].label for p in positions],
         }
         for key in OUTPUT_COLUMNS:
-            parts = [output[key] for output in self.outputs]
+            parts = [output[key] for output in outputs]
             columns[key] = np.concatenate(parts) if parts else []
-        if self.model.ranks:
-            ranks = np.concatenate([output["ranks"] for output in self.outputs])
+        if self.model.ranks and outputs:
+            ranks = np.concatenate([output["ranks"] for output in outputs])
             for i, key in enumerate(RANK_COLUMNS):
                 columns[key] = ranks[:, i]
-        meta_keys = list(self.meta[0]) if self.meta else []
+        meta_keys = list(meta[0]) if meta else []
         for key in meta_keys:
-            columns[key] = np.concatenate([meta[key] for meta in self.meta])
+            columns[key] = np.concatenate([m[key] for m in meta])
         return pd.DataFrame(columns)
 
 

@@ -2,29 +2,36 @@
 
 For each suite: evaluate, summarise, then write ``<out>/<model>/<suite>.samples.csv.gz``,
 ``<suite>.json`` (provenance) and ``<suite>.csv`` (the tidy table), each atomically.
+Finished images are checkpointed on the way (benchmark.checkpoint) and, under torchrun,
+each rank evaluates its shard and rank 0 alone writes (benchmark.distributed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torchvision
 
 from benchmark import __version__
+from benchmark.checkpoint import CheckpointOptions, PartialRun, partial_directory
 from benchmark.data.folder import ImageFolder
 from benchmark.data.sources import source_for
-from benchmark.engine import EngineOptions, evaluate, resolve_device
+from benchmark.distributed import World
+from benchmark.engine import EngineOptions, Hooks, Part, block_size, evaluate, resolve_device
 from benchmark.errors import UserError
 from benchmark.models.zoo import LoadedModel
 from results.files import json_writer, table_writer, write_together
+from results.load import read_table
 from results.table import tidy_table
 from suites.base import Suite
 
@@ -57,27 +64,26 @@ def run_id_for(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def run_suite(
+def data_for(suite: Suite, folder: ImageFolder):
+    """(source, data-source description, the samples to evaluate) of one suite."""
+    source, data_source = source_for(suite, folder)
+    # A source with its own samples (the released ImageNet-P videos) replaces --data's.
+    return source, data_source, getattr(source, "folder", None) or folder
+
+
+def run_identity(
     model: LoadedModel,
     suite: Suite,
     folder: ImageFolder,
     options: EngineOptions,
     seed: int,
-    out: Path,
-) -> SuiteResult:
-    device = resolve_device(options.device)
-    source, data_source = source_for(suite, folder)
-    # A source with its own samples (the released ImageNet-P videos) replaces --data's.
-    folder = getattr(source, "folder", None) or folder
-    started = datetime.now(timezone.utc)
-    evaluation = evaluate(model, suite, folder, options, seed=seed, device=device, source=source)
-    finished = datetime.now(timezone.utc)
-    if evaluation.records.empty:
-        raise UserError(f"no image could be evaluated for suite {suite.name}: nothing written")
-    weights = model.weights
-    identity = {
+    data_source: dict,
+) -> dict:
+    """What makes two runs the same measurement: the run id, and what a resumed run must
+    share with the interrupted one."""
+    return {
         "model": model.name,
-        "weights_sha256": weights.sha256 or "none",
+        "weights_sha256": model.weights.sha256 or "none",
         "suite": suite.name,
         "parameters": suite.protocol(),
         "data": folder.fingerprint(),
@@ -86,8 +92,74 @@ def run_suite(
         "amp": options.amp,
         "aabench": __version__,
     }
+
+
+def run_suite(
+    model: LoadedModel,
+    suite: Suite,
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int,
+    out: Path,
+    world: World | None = None,
+    checkpoints: CheckpointOptions | None = None,
+) -> SuiteResult | None:
+    """Evaluate, summarise and write one suite; None on ranks other than 0."""
+    world = world or World()
+    checkpoints = checkpoints or CheckpointOptions()
+    device = resolve_device(options.device)
+    source, data_source, folder = data_for(suite, folder)
+    weights = model.weights
+    identity = run_identity(model, suite, folder, options, seed, data_source)
     run_id = run_id_for(identity)
-    rows = suite.summarise(evaluation.records)
+    directory = out / model.name
+    paths = {
+        "samples": directory / f"{suite.name}.samples.csv.gz",
+        "provenance": directory / f"{suite.name}.json",
+        "table": directory / f"{suite.name}.csv",
+    }
+    partial = PartialRun(partial_directory(out, model.name, suite.name), identity, world.rank)
+    earlier: list[Part] = []
+    plan = None
+    if world.is_main:
+        if checkpoints.resume and not partial.exists() and _finished(paths, run_id):
+            plan = {"complete": True}
+        else:
+            earlier = partial.prepare(checkpoints.resume, checkpoints.restart)
+            plan = {"complete": False, "finished": [p.positions for p in earlier]}
+    plan = world.broadcast(plan)
+    if plan["complete"]:  # --resume after this suite was written: keep it as it is
+        if not world.is_main:
+            return None
+        provenance = json.loads(paths["provenance"].read_text())
+        return SuiteResult(table=read_table(paths["table"]), provenance=provenance, paths=paths)
+    finished = np.concatenate([np.zeros(0, np.int64), *plan["finished"]])
+    todo = np.setdiff1d(np.arange(len(folder)), finished)
+    hooks = Hooks(save=partial.save, save_every=checkpoints.every, poll=world.poll)
+    started = datetime.now(timezone.utc)
+    evaluation = evaluate(
+        model,
+        suite,
+        folder,
+        options,
+        seed=seed,
+        device=device,
+        source=source,
+        positions=world.shard(todo, block_size(suite, options.batch_size)),
+        hooks=hooks,
+    )
+    ranks = world.gather((evaluation.finished, evaluation.seconds, evaluation.batch_size_halvings))
+    finished_at = datetime.now(timezone.utc)
+    if not world.is_main:
+        return None
+    whole = Part.join([*earlier, *(part for part, _, _ in ranks)])
+    records = whole.records
+    if records.empty:
+        raise UserError(f"no image could be evaluated for suite {suite.name}: nothing written")
+    new_images = sum(len(part) - len(part.skipped) for part, _, _ in ranks)
+    new_views = sum(len(part.records) for part, _, _ in ranks)
+    seconds = max(rank_seconds for _, rank_seconds, _ in ranks)
+    rows = suite.summarise(records)
     table = tidy_table(rows, run_id=run_id, model=model.name, weights=weights.label, suite=suite)
     provenance = {
         "run_id": run_id,
@@ -103,41 +175,69 @@ def run_suite(
             "root": str(folder.root),
             "fingerprint": folder.fingerprint(),
             "limit": folder.limit,
-            "skipped_images": evaluation.skipped,
+            "skipped_images": list(whole.skipped.values()),
         },
-        "n": evaluation.images,
-        "views": evaluation.views,
+        "n": len(whole) - len(whole.skipped),
+        "views": len(records),
         "seed": seed,
         "device": str(device),
         "device_name": device_description(device),
+        "world_size": world.size,
         "dtype": "float32",
         "amp": options.amp,
         "channels_last": options.uses_channels_last(device),
         "compile": options.compile,
         "batch_size": options.batch_size,
-        "batch_size_halvings": evaluation.batch_size_halvings,
+        "batch_size_halvings": [size for _, _, halvings in ranks for size in halvings],
         "workers": options.worker_count,
         "versions": versions(),
         "command": sys.argv,
         "started": started.isoformat(),
-        "finished": finished.isoformat(),
-        "seconds": evaluation.seconds,
-        "images_per_second": evaluation.images_per_second,
-        "views_per_second": evaluation.views_per_second,
+        "finished": finished_at.isoformat(),
+        # This session's work: images finished by an earlier, interrupted session of
+        # the same run were read from its checkpoints, not evaluated again.
+        "resumed_images": int(sum(len(part) for part in earlier)),
+        "seconds": seconds,
+        "images_per_second": new_images / seconds if seconds > 0 else math.nan,
+        "views_per_second": new_views / seconds if seconds > 0 else math.nan,
         **suite.extra_provenance(),
-    }
-    directory = out / model.name
-    paths = {
-        "samples": directory / f"{suite.name}.samples.csv.gz",
-        "provenance": directory / f"{suite.name}.json",
-        "table": directory / f"{suite.name}.csv",
     }
     # All three or none: a failure (disk full) leaves the earlier run's files as they were.
     write_together(
         [
-            (paths["samples"], table_writer(evaluation.records, paths["samples"])),
+            (paths["samples"], table_writer(records, paths["samples"])),
             (paths["provenance"], json_writer(provenance)),
             (paths["table"], table_writer(table, paths["table"])),
         ]
     )
+    partial.remove()
     return SuiteResult(table=table, provenance=provenance, paths=paths)
+
+
+def _finished(paths: dict[str, Path], run_id: str) -> bool:
+    """Whether this very run (same identity) already wrote all of this suite's files."""
+    if not all(path.is_file() for path in paths.values()):
+        return False
+    try:
+        return json.loads(paths["provenance"].read_text()).get("run_id") == run_id
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_unfinished(
+    model: LoadedModel,
+    suites: list[Suite],
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int,
+    out: Path,
+    checkpoints: CheckpointOptions,
+) -> None:
+    """Before any suite runs: refuse an unfinished run that would be discarded without
+    --restart, or resumed with other options, rather than finding out after the suites
+    before it have run (and rewritten their outputs) again."""
+    for suite in suites:
+        _, data_source, suite_folder = data_for(suite, folder)
+        identity = run_identity(model, suite, suite_folder, options, seed, data_source)
+        partial = PartialRun(partial_directory(out, model.name, suite.name), identity)
+        partial.check(checkpoints.resume, checkpoints.restart)

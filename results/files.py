@@ -6,6 +6,8 @@ then renamed over the destination (atomic on POSIX file systems).
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import tempfile
@@ -65,8 +67,20 @@ def write_together(writes: list[tuple[Path, Callable[[str], None]]]) -> None:
 
 
 def table_writer(table: pd.DataFrame, path: Path) -> Callable[[str], None]:
-    compression = "gzip" if Path(path).name.endswith(".gz") else None
-    return lambda temporary: table.to_csv(temporary, index=False, compression=compression)
+    if not Path(path).name.endswith(".gz"):
+        return lambda temporary: table.to_csv(temporary, index=False)
+
+    def write_gzip(temporary: str) -> None:
+        # No time stamp and no (temporary) file name in the gzip header: the same table
+        # gives the same bytes, so runs can be compared file by file.
+        with (
+            open(temporary, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as zipped,
+            io.TextIOWrapper(zipped, encoding="utf-8", newline="") as text,
+        ):
+            table.to_csv(text, index=False)
+
+    return write_gzip
 
 
 def json_writer(data: dict) -> Callable[[str], None]:

@@ -653,12 +653,17 @@ def test_10_disk_full_leaves_no_partial_file_and_earlier_outputs_intact(
     ]
 
     real_fsync = os.fsync
+    outputs = ["accuracy.samples.csv.gz", "accuracy.json", "accuracy.csv"]
     calls = []
 
     def fill_the_disk(fd):
-        calls.append(fd)
-        if len(calls) == failing:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        # Only the final outputs hit the full disk; checkpoints of finished images
+        # (under .partial/) are written before them.
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if any(name.startswith(f".{output}.") for output in outputs):
+            calls.append(name)
+            if len(calls) == failing:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
     monkeypatch.setattr(results.files.os, "fsync", fill_the_disk)
@@ -669,7 +674,13 @@ def test_10_disk_full_leaves_no_partial_file_and_earlier_outputs_intact(
         "free space",
         "files written before are intact",
     )
-    assert snapshot(out) == before
+    after = snapshot(out)
+    # The earlier outputs are intact; what is new is only the finished work, kept for
+    # --resume.
+    assert {name: data for name, data in after.items() if "/.partial/" not in name} == before
+    assert all(
+        name.startswith("resnet18_aa/.partial/accuracy/") for name in set(after) - set(before)
+    )
 
 
 # 11. Ctrl-C during a run.
@@ -698,7 +709,7 @@ def test_11_ctrl_c_inside_the_engine_keeps_finished_suites(cli, tmp_path, monkey
     assert "Traceback" not in err
     assert err.splitlines() == [
         "aabench: interrupted: outputs already written are kept; nothing was written for the "
-        "unfinished step"
+        "unfinished step (a run keeps its finished images: --resume continues it)"
     ]
     assert len(models) == 2
     assert files_under(out) == [
@@ -707,6 +718,18 @@ def test_11_ctrl_c_inside_the_engine_keeps_finished_suites(cli, tmp_path, monkey
         "resnet18_aa/accuracy.samples.csv.gz",
     ]
     assert json.loads((out / "resnet18_aa" / "accuracy.json").read_text())["n"] == 2
+
+    # --resume keeps the finished suite as it is and runs the interrupted one.
+    finished = snapshot(out)
+    monkeypatch.setattr(engine.PreparedModel, "reduce", real_reduce)
+    code, _, err = cli(
+        "run", *TINY, "--suite", "accuracy,shift", "--set", "epochs=1", "--limit", "2",
+        "--out", str(out), "--resume",
+    )  # fmt: skip
+    assert code == 0, err
+    assert {name: snapshot(out)[name] for name in finished} == finished
+    assert "resnet18_aa/shift.csv" in files_under(out)
+    assert not (out / "resnet18_aa" / ".partial").exists()
 
 
 # 12. --device cuda without a GPU.
