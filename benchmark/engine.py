@@ -380,7 +380,10 @@ def evaluate(
     saved = time.monotonic()
     current_block = None
     try:
-        with _progress(options.quiet, suite.name, len(dataset)) as advance:
+        with (
+            _main_threads(device),
+            _progress(options.quiet, suite.name, len(dataset)) as advance,
+        ):
             for items in loader:
                 for item in items:
                     if item["position"] // block != current_block:
@@ -445,6 +448,24 @@ def batch_too_large(error: BaseException) -> bool:
     if isinstance(error, torch.OutOfMemoryError):
         return True
     return isinstance(error, RuntimeError) and any(text in str(error) for text in _TOO_LARGE)
+
+
+# CPU threads the main process keeps while a GPU runs the model: it only stacks views
+# and copies them. On an H100 with 15 decoding workers, 16 main-process threads
+# fighting the workers for the cores kept a shift run at 0.22 of the model's
+# forward-only rate; with 2 it reached 0.50.
+GPU_MAIN_THREADS = 2
+
+
+@contextlib.contextmanager
+def _main_threads(device: torch.device):
+    threads = torch.get_num_threads()
+    if device.type == "cuda":
+        torch.set_num_threads(min(threads, GPU_MAIN_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def block_size(suite: Suite, batch_size: int) -> int:

@@ -256,3 +256,14 @@ def test_out_of_memory_at_batch_size_one_is_a_user_error(grey_root):
     model = RunsOutOfMemoryAbove(Constant(), limit=0)
     with pytest.raises(UserError, match="out of GPU memory even at batch size 1"):
         run(model, AccuracySuite(), grey_root, batch_size=2)
+
+
+def test_the_main_process_keeps_few_threads_while_a_gpu_runs_the_model():
+    from benchmark.engine import GPU_MAIN_THREADS, _main_threads
+
+    before = torch.get_num_threads()
+    with _main_threads(torch.device("cuda")):
+        assert torch.get_num_threads() == min(before, GPU_MAIN_THREADS)
+    assert torch.get_num_threads() == before
+    with _main_threads(torch.device("cpu")):  # on the CPU the model needs them all
+        assert torch.get_num_threads() == before

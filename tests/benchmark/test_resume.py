@@ -268,3 +268,43 @@ def test_kill_9_after_the_first_checkpoint_resumes_without_evaluating_finished_i
     for name in ("shift.csv", "shift.samples.csv.gz"):
         resumed = (killed / "resnet18" / name).read_bytes()
         assert resumed == (tmp_path / "whole" / "resnet18" / name).read_bytes(), name
+
+
+def test_an_interrupted_imagenet_p_run_resumes_to_the_same_bytes(
+    cli, noise_root, tmp_path, monkeypatch
+):
+    # Sequences are atomic runs of views and records carry text and top-5 columns: the
+    # checkpoints must keep all of them exactly.
+    import benchmark.models.zoo
+
+    monkeypatch.setattr(benchmark.models.zoo, "create_model", lambda *a, **k: loaded(Tiny()))
+
+    def run(out: Path, *extra: str):
+        return cli(
+            "run", "--model", "toy", "--suite", "imagenet-p", "--data", str(noise_root),
+            "--generate", "--set", "perturbations=translate,gaussian_noise",
+            "--batch-size", "80", "--workers", "0", "--quiet", "--out", str(out),
+            "--checkpoint-every", "0", *extra,
+        )  # fmt: skip
+
+    code, _, err = run(tmp_path / "reference")
+    assert code == 0, err
+    real_save = PartialRun.save
+
+    def save_then_ctrl_c(self, part):
+        real_save(self, part)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PartialRun, "save", save_then_ctrl_c)
+        assert run(tmp_path / "resumed")[0] == 130
+    with record_evaluated(monkeypatch) as evaluated:
+        code, _, err = run(tmp_path / "resumed", "--resume")
+    assert code == 0, err
+    names = ["imagenet-p.csv", "imagenet-p.samples.csv.gz"]
+    assert files(tmp_path / "resumed" / "toy", names) == files(
+        tmp_path / "reference" / "toy", names
+    )
+    provenance = json.loads((tmp_path / "resumed" / "toy" / "imagenet-p.json").read_text())
+    assert provenance["resumed_images"] > 0
+    assert len(evaluated) == 6 - provenance["resumed_images"]
