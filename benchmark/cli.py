@@ -190,6 +190,7 @@ def run(
     from benchmark.engine import EngineOptions
     from benchmark.models.zoo import create_model
     from benchmark.runner import check_unfinished, run_suite
+    from results.files import check_writable
     from suites.params import build_suites
     from suites.registry import get_suite
 
@@ -223,6 +224,8 @@ def run(
     folder = open_image_folder(data, limit=limit)
     loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, init_seed=seed)
     if world.is_main:
+        # Before hours of work, not after: the outputs must have somewhere to go.
+        check_writable(out / loaded.name)
         check_unfinished(loaded, suite_objects, folder, options, seed, out, checkpoints)
     summaries = []
     for suite_object in suite_objects:

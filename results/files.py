@@ -28,6 +28,19 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     write_together([(path, write)])
 
 
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and prove a file can be written in it."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise UserError(
+            f"cannot write {directory} ({error.strerror or error}): choose a writable --out "
+            "directory with free space; files written before are intact"
+        ) from error
+
+
 def write_together(writes: list[tuple[Path, Callable[[str], None]]]) -> None:
     """Write several files as one: each to a temporary, and only once all are written and
     flushed, rename them all into place.

@@ -635,6 +635,23 @@ def test_10_out_below_a_file_is_not_writable(cli, tmp_path):
     assert files_under(tmp_path) == ["results.txt"]
 
 
+def test_10_an_unwritable_out_is_refused_before_any_image_is_evaluated(cli, tmp_path, monkeypatch):
+    from benchmark import engine
+
+    def never(*args, **kwargs):
+        raise AssertionError("evaluated before checking --out")
+
+    monkeypatch.setattr(engine, "evaluate", never)
+    monkeypatch.setattr("benchmark.runner.evaluate", never)
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("keep me")
+    user_error(
+        cli("run", *TINY, "--suite", "accuracy", "--out", str(blocker / "runs")),
+        "cannot write",
+        "choose a writable --out directory",
+    )
+
+
 @pytest.mark.parametrize("failing", [1, 2, 3], ids=["samples", "provenance", "table"])
 def test_10_disk_full_leaves_no_partial_file_and_earlier_outputs_intact(
     cli, tmp_path, monkeypatch, failing
