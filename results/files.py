@@ -29,16 +29,22 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
 
 
 def check_writable(directory: Path) -> None:
-    """Create ``directory`` if needed and prove a file can be written in it."""
-    try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise UserError(
-            f"cannot write {directory} ({error.strerror or error}): choose a writable --out "
-            "directory with free space; files written before are intact"
-        ) from error
+    """Refuse, creating nothing, a ``directory`` that files could not be written in: below
+    a file, or in a directory without write permission."""
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {existing}"
+    else:
+        return
+    raise UserError(
+        f"cannot write {directory} ({reason}): choose a writable --out directory with free "
+        "space; files written before are intact"
+    )
 
 
 def write_together(writes: list[tuple[Path, Callable[[str], None]]]) -> None:

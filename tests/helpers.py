@@ -39,6 +39,16 @@ def make_image_folder(root: Path, classes: dict[str, list], suffix: str = ".png"
     return root
 
 
+def noise_folder(root: Path, shapes: dict[str, list[tuple[int, int]]], seed: int = 0) -> Path:
+    """An image folder of uniform-noise images: ``shapes[wnid]`` = their (height, width)."""
+    rng = np.random.default_rng(seed)
+    images = {
+        wnid: [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+        for wnid, sizes in shapes.items()
+    }
+    return make_image_folder(root, images)
+
+
 def solid(size: int, value: int | tuple[int, int, int]) -> np.ndarray:
     colour = (value,) * 3 if isinstance(value, int) else value
     return np.broadcast_to(np.array(colour, dtype=np.uint8), (size, size, 3)).copy()

@@ -147,3 +147,23 @@ def test_write_together_renames_only_when_every_file_is_written(tmp_path):
     assert first.read_text() == "a\n1\n"
     assert json.loads(second.read_text()) == {"n": 1}
     assert entries(tmp_path) == ["p.json", "t.csv"]
+
+
+def test_check_writable_refuses_a_path_below_a_file_and_creates_nothing(tmp_path):
+    from results.files import check_writable
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match=r"cannot write .*file is a file.*writable --out"):
+        check_writable(blocker / "runs" / "model")
+    check_writable(tmp_path / "new" / "model")  # creatable: fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # and nothing made
+
+
+def test_check_writable_refuses_a_directory_without_write_permission(tmp_path, monkeypatch):
+    from results.files import check_writable
+
+    # As root a chmod stops nothing: ask os.access instead.
+    monkeypatch.setattr("results.files.os.access", lambda path, mode: False)
+    with pytest.raises(UserError, match="no permission to write in"):
+        check_writable(tmp_path / "runs")

@@ -22,7 +22,7 @@ from tests.helpers import (
     TENCH,
     Constant,
     Recording,
-    make_image_folder,
+    noise_folder,
     one_hot_logits,
     run,
 )
@@ -275,12 +275,7 @@ def test_the_reference_identity_enters_protocol_and_provenance(tmp_path):
 
 @pytest.fixture
 def val(tmp_path):
-    rng = np.random.default_rng(0)
-    images = {
-        TENCH: [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)],
-        GOLDFISH: [rng.integers(0, 256, (70, 50, 3), dtype=np.uint8)],
-    }
-    return make_image_folder(tmp_path / "val", images)
+    return noise_folder(tmp_path / "val", {TENCH: [(60, 80)], GOLDFISH: [(70, 50)]})
 
 
 def test_a_model_that_ignores_its_input_never_flips(val):

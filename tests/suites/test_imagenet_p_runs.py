@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tests.benchmark.data.test_imagenet_p_videos import make_imagenet_p
-from tests.helpers import GOLDFISH, TENCH, make_image_folder
+from tests.helpers import GOLDFISH, TENCH, noise_folder
 
 MODEL = ("--model", "alexnet", "--weights", "none", "--device", "cpu", "--quiet")
 
@@ -22,12 +22,7 @@ def run_args(out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture
 def val(tmp_path):
-    rng = np.random.default_rng(0)
-    images = {
-        TENCH: [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)],
-        GOLDFISH: [rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)],
-    }
-    return make_image_folder(tmp_path / "val", images)
+    return noise_folder(tmp_path / "val", {TENCH: [(64, 64)], GOLDFISH: [(64, 80)]})
 
 
 def read(directory: Path) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
