@@ -37,16 +37,16 @@ class ImageNetPSuite(Suite):
     description = "ImageNet-P: flip probability and top-5 distance along perturbation sequences."
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "flip_prob": Metric("%", False, "probability that the top-1 class flips between frames"),
-        "top5_dist": Metric("", False, "mean top-5 rank distance between frames (uT5D)"),
+        "top5_dist": Metric("ranks", False, "mean top-5 rank distance between frames (uT5D)"),
         "fr": Metric("%", False, "flip rate: flip_prob / the reference run's flip_prob"),
         "t5d": Metric("%", False, "top5_dist / the reference run's top5_dist"),
         "mfr": Metric("%", False, "mean flip rate over the 10 test perturbations"),
-        "mt5d": Metric("%", False, "mean normalised top-5 distance over the 10 test"),
+        "mt5d": Metric("%", False, "mean t5d over the 10 test perturbations"),
         "mfr_geometric": Metric("%", False, "mean flip rate over rotate, scale, translate"),
-        "mean_flip_prob": Metric("%", False, "unnormalised mean flip_prob over the 10 test"),
-        "mean_top5_dist": Metric("", False, "unnormalised mean top5_dist over the 10 test"),
+        "mean_flip_prob": Metric("%", False, "mean flip_prob over the 10 test perturbations"),
+        "mean_top5_dist": Metric("ranks", False, "mean top5_dist over the 10 test perturbations"),
         "mean_flip_prob_geometric": Metric(
-            "%", False, "unnormalised mean flip_prob over rotate, scale, translate"
+            "%", False, "mean flip_prob over rotate, scale, translate"
         ),
     }
     dimensions = ("perturbation",)
