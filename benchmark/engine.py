@@ -310,7 +310,14 @@ class PreparedModel:
         labels = labels.to(self.device)
         probs = logits.softmax(dim=1)
         pred = logits.argmax(dim=1)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        if self.ranks:
+            # Ordinal ranks: among tied logits the lower class index ranks first, as
+            # argmax picks it, so rank_1 is always pred (topk's order among ties is
+            # unspecified and changes with the tensor's size).
+            top5 = logits.sort(dim=1, descending=True, stable=True).indices[:, :5]
+            pred = top5[:, 0]
+        else:
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         safe = labels.clamp(min=0)[:, None]
         p_true = probs.gather(1, safe)[:, 0]
         p_other = probs.scatter(1, safe, -1.0).max(dim=1).values
@@ -559,7 +566,7 @@ class _ViewBatcher:
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not batch_too_large(error):
                     raise
-                if self.batch_size == 1:
+                if chunk == 1:
                     raise UserError(
                         "out of GPU memory even at batch size 1: use a smaller model, "
                         "--amp bf16, or a GPU with more memory"

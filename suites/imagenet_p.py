@@ -19,6 +19,8 @@ included, is a mean of per-image terms and gets `aabench compare`'s paired boots
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,14 @@ class ImageNetPSuite(Suite):
                 "--imagenet-p reads the released videos and --generate makes sequences "
                 "from --data: choose one"
             )
+        if self.generate:
+            # Refused now, not after the suites before it have run.
+            impossible = [p for p in self.perturbation_list if p not in P.GENERATORS]
+            if impossible:
+                raise UserError(
+                    f"{', '.join(impossible)} cannot be generated: read them from the released "
+                    "set with --imagenet-p DIR, or leave them out of --set perturbations"
+                )
         self.reference_run = (
             load_reference(Path(self.normalize_by), self) if self.normalize_by else None
         )
@@ -80,8 +90,10 @@ class ImageNetPSuite(Suite):
             "normalize_by": self.normalize_by,
         }
         if self.reference_run is not None:
-            # Normalised values depend on the reference's numbers, not on its path.
+            # Normalised values depend on the reference's numbers, not on its path: two
+            # references of the same run id may still differ (another GPU, batch size).
             parameters["reference_run_id"] = self.reference_run.run_id
+            parameters["reference_values_sha256"] = self.reference_run.values_sha256()
         return parameters
 
     @classmethod
@@ -90,6 +102,7 @@ class ImageNetPSuite(Suite):
         # have moved since.
         parameters = dict(provenance.get("parameters", {}))
         parameters.pop("reference_run_id", None)
+        parameters.pop("reference_values_sha256", None)
         parameters["normalize_by"] = None
         suite = cls(**parameters)
         if entry := provenance.get("normalization"):
@@ -189,7 +202,6 @@ class ImageNetPSuite(Suite):
         ]
         reference = self.reference_run
         if reference is not None:
-            normalisable = [p for p in P.TEST if all(reference.values(p))]
 
             def fr(p):
                 return flips[p] / reference.values(p)[0]
@@ -202,13 +214,12 @@ class ImageNetPSuite(Suite):
                 ("mt5d", P.TEST, t5d),
                 ("mfr_geometric", P.GEOMETRIC_MFR, fr),
             ]
-            # A perturbation the reference lacks (or on which it never flips) cannot
-            # be normalised: the means that need it are reported as not computed.
+            # A perturbation whose reference value is missing or zero cannot be
+            # normalised: the means that need it are reported as not computed.
             rows = [
                 (m, members, f)
                 for m, members, f in rows
-                if m not in ("mfr", "mt5d", "mfr_geometric")
-                or all(p in normalisable for p in members)
+                if m not in NORMALISED or all(reference.value(m, p) for p in members)
             ]
         return rows
 
@@ -232,11 +243,11 @@ class ImageNetPSuite(Suite):
             if absent:
                 needs = "the 10 test perturbations" if members == P.TEST else ", ".join(members)
                 note = f"needs {needs}; this run lacks {', '.join(absent)}"
-            elif metric in ("mfr", "mt5d", "mfr_geometric") and (
-                lacking := [p for p in members if not all(reference.values(p))]
+            elif metric in NORMALISED and (
+                lacking := [p for p in members if not reference.value(metric, p)]
             ):
                 note = (
-                    f"the reference run has no non-zero flip_prob and top5_dist for "
+                    f"the reference run has no non-zero {NORMALISED[metric]} for "
                     f"{', '.join(lacking)}"
                 )
             else:
@@ -257,6 +268,10 @@ class ImageNetPSuite(Suite):
                             }
                         )
         return rows
+
+
+# Normalised means -> the reference metric they divide by.
+NORMALISED = {"mfr": "flip_prob", "mfr_geometric": "flip_prob", "mt5d": "top5_dist"}
 
 
 def pairs(frames: int, perturbation: str, difficulty: int) -> tuple[np.ndarray, np.ndarray]:
@@ -311,6 +326,16 @@ class Reference:
     def values(self, perturbation: str) -> tuple[float | None, float | None]:
         return self.flip_prob.get(perturbation), self.top5_dist.get(perturbation)
 
+    def value(self, metric: str, perturbation: str) -> float | None:
+        """The reference's value of ``metric`` (flip_prob or top5_dist, or a mean
+        normalised by one of them) for one perturbation."""
+        flip_prob, top5_dist = self.values(perturbation)
+        return top5_dist if NORMALISED.get(metric, metric) == "top5_dist" else flip_prob
+
+    def values_sha256(self) -> str:
+        text = json.dumps([self.flip_prob, self.top5_dist], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def provenance_entry(self) -> dict:
         return {
             "table": str(self.path),
@@ -332,8 +357,13 @@ def load_reference(path: Path, suite: ImageNetPSuite) -> Reference:
     )
     if run.suite != ImageNetPSuite.name:
         raise UserError(f"--normalize-by {path} is a {run.suite} table, not imagenet-p: {fix}")
-    provenance = run.provenance or {}
-    protocol = provenance.get("protocol", {})
+    if not run.provenance:
+        raise UserError(
+            f"--normalize-by {path} has no provenance beside it ({path.with_suffix('.json')}): "
+            "without it the reference's difficulty and data cannot be checked; keep the "
+            "table and its .json together"
+        )
+    protocol = run.provenance.get("protocol", {})
     if protocol.get("difficulty", suite.difficulty) != suite.difficulty:
         raise UserError(
             f"--normalize-by {path} was run at difficulty {protocol['difficulty']}, this run "

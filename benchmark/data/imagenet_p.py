@@ -16,6 +16,7 @@ import numpy as np
 from benchmark.data.classes import wnid_to_index
 from benchmark.data.folder import ImageFolder, Sample, spread_subset
 from benchmark.data.perturbations import frame_count, is_noise
+from benchmark.engine import BadImage
 from benchmark.errors import UserError
 
 LAYOUT = "<root>/<perturbation>[_2|_3]/<wnid>/<image>.mp4"
@@ -70,6 +71,15 @@ def video_folder(layout: ImageNetPLayout, limit: int | None = None) -> ImageFold
     ]
     if not samples:
         raise UserError(f"{first} holds no <wnid>/*.mp4 videos: expected {LAYOUT}")
+    # Every perturbation must hold every video: found now, not hours into the run.
+    for directory in list(layout.directories.values())[1:]:
+        absent = [s.path for s in samples if not (directory / s.path).is_file()]
+        if absent:
+            raise UserError(
+                f"{directory} lacks {len(absent)} of the {len(samples)} videos in {first} "
+                f"(e.g. {absent[0]}): re-extract it, or leave {directory.name} out with "
+                "--set perturbations=..."
+            )
     if limit is not None:
         samples = spread_subset(samples, limit)
     return ImageFolder(root=first, samples=tuple(samples), limit=limit)
@@ -78,8 +88,6 @@ def video_folder(layout: ImageNetPLayout, limit: int | None = None) -> ImageFold
 def read_video(path: Path) -> np.ndarray:
     """Every frame of a video as uint8 frames x H x W x 3, RGB."""
     import cv2
-
-    from benchmark.engine import BadImage
 
     if not path.is_file():
         raise UserError(
@@ -117,10 +125,11 @@ class ReleasedImageNetP:
             frames = read_video(path)
             expected = frame_count(perturbation)
             if frames.shape[0] != expected:
-                raise UserError(
-                    f"ImageNet-P video {path} has {frames.shape[0]} frames, not the "
-                    f"{expected} of {perturbation}: the file is damaged or in the wrong "
-                    "folder; re-extract it"
+                # A damaged file, like a corrupt image: --skip-bad-images may skip it.
+                raise BadImage(
+                    path,
+                    f"{frames.shape[0]} frames, not the {expected} of {perturbation}; "
+                    "re-extract it",
                 )
             sequences[perturbation] = frames
         return sequences

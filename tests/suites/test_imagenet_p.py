@@ -260,6 +260,46 @@ def test_a_reference_of_another_difficulty_or_data_kind_is_refused(tmp_path):
         ImageNetPSuite(perturbations="rotate", generate=True, normalize_by=str(released))
 
 
+def test_mt5d_needs_the_reference_top5_dist_only_and_mfr_its_flip_prob_only(tmp_path):
+    # A reference that never flips on brightness still moves its top 5 there.
+    reference = write_reference(
+        tmp_path / "ref", {p: (0.0 if p == "brightness" else 0.5, 2.0) for p in P.TEST}
+    )
+    suite = ImageNetPSuite(perturbations="all", generate=True, normalize_by=str(reference))
+    rows = suite.summarise(records_for({p: [[0, 1, 1]] for p in P.TEST}))
+    by_metric = {row["metric"]: row for row in rows if "perturbation" not in row}
+    # Frames 0, 1, 1: consecutive pairs move 9 then 0 (4.5); the two noise sequences
+    # compare both later frames with the first (9 each).
+    assert by_metric["mt5d"]["value"] == pytest.approx(100 * (2 * 9 + 8 * 4.5) / 10 / 2.0)
+    assert math.isnan(by_metric["mfr"]["value"])
+    assert "no non-zero flip_prob for brightness" in by_metric["mfr"]["note"]
+    assert by_metric["mfr_geometric"]["value"] == pytest.approx(100.0)
+
+
+def test_a_reference_without_its_provenance_is_refused(tmp_path):
+    reference = write_reference(tmp_path / "ref", {"rotate": (0.5, 1.0)}, difficulty=3)
+    reference.with_suffix(".json").unlink()
+    with pytest.raises(UserError, match="no provenance beside it"):
+        ImageNetPSuite(perturbations="rotate", generate=True, normalize_by=str(reference))
+
+
+def test_references_with_the_same_run_id_but_other_numbers_are_other_protocols(tmp_path):
+    first = write_reference(tmp_path / "a", {"rotate": (0.5, 1.0)})
+    second = write_reference(tmp_path / "b", {"rotate": (0.25, 1.0)})
+    protocols = [
+        ImageNetPSuite(perturbations="rotate", generate=True, normalize_by=str(path)).protocol()
+        for path in (first, second)
+    ]
+    assert protocols[0]["reference_run_id"] == protocols[1]["reference_run_id"]
+    assert protocols[0] != protocols[1]
+
+
+def test_perturbations_that_cannot_be_generated_are_refused_up_front():
+    with pytest.raises(UserError, match="spatter cannot be generated"):
+        ImageNetPSuite(perturbations="rotate,spatter", generate=True)
+    ImageNetPSuite(perturbations="rotate,spatter", imagenet_p="/data/imagenet-p")  # released
+
+
 def test_the_reference_identity_enters_protocol_and_provenance(tmp_path):
     reference = write_reference(tmp_path / "ref", {"rotate": (0.5, 1.0)})
     suite = ImageNetPSuite(perturbations="rotate", generate=True, normalize_by=str(reference))
@@ -311,6 +351,35 @@ def test_samples_have_one_row_per_sequence_frame_and_recompute_the_table(val):
         ]
         assert rows[("flip_prob", perturbation)] == pytest.approx(100 * np.mean(per_image))
     assert rows[("flip_prob", "rotate")] > 0  # the model does see the rotation
+
+
+class Tied(nn.Module):
+    """Classes 7, 3 and 500 tie for first place, whatever the input."""
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 1000)
+        logits[:, [7, 3, 500]] = 1.0
+        logits[:, 9] = 0.5
+        return logits
+
+
+def test_tied_classes_get_ordinal_ranks_and_the_first_is_the_prediction(val):
+    suite = ImageNetPSuite(perturbations="rotate", generate=True)
+    records = run(Tied(), suite, val, batch_size=31).records
+    assert (records["pred"] == 3).all()
+    assert records[RANKS].drop_duplicates().values.tolist() == [[3, 7, 500, 9, 0]]
+
+
+def test_batch_size_one_runs_sequences_whole_until_memory_runs_out(val):
+    from tests.benchmark.test_engine import RunsOutOfMemoryAbove
+
+    model = RunsOutOfMemoryAbove(Constant(), limit=8)
+    suite = ImageNetPSuite(perturbations="rotate", generate=True)
+    evaluation = run(model, suite, val, batch_size=1)
+    # A 31-frame pass at --batch-size 1 is out of memory: halved (to 1) and run.
+    assert evaluation.batch_size_halvings == [1]
+    assert set(model.batch_sizes) == {1}
+    assert evaluation.views == 62
 
 
 @pytest.mark.parametrize("batch_size", [16, 72, 100])

@@ -129,14 +129,22 @@ def test_imagenet_p_options_need_the_suite(cli, tmp_path):
     assert code == 2 and "--imagenet-p is for --suite imagenet-p" in err
 
 
-def test_a_video_with_the_wrong_frame_count_stops_the_run_naming_it(cli, tmp_path):
-    root = make_imagenet_p(tmp_path / "p", {"rotate": 25}, images=1)
+def test_a_video_with_the_wrong_frame_count_stops_the_run_unless_skipped(cli, tmp_path):
+    root = make_imagenet_p(tmp_path / "p", {"rotate": 31}, images=2)
+    short = make_imagenet_p(tmp_path / "short", {"rotate": 25}, images=1)
+    video = f"{TENCH}/ILSVRC2012_val_00000001.mp4"
+    (root / "rotate" / video).write_bytes((short / "rotate" / video).read_bytes())
     out = tmp_path / "out"
-    code, _, err = cli(*run_args(out, "--imagenet-p", str(root), "--set", "perturbations=rotate"))
+    args = run_args(out, "--imagenet-p", str(root), "--set", "perturbations=rotate")
+    code, _, err = cli(*args)
     assert code == 2
-    assert "has 25 frames, not the 31 of rotate" in err and "ILSVRC2012_val_00000001.mp4" in err
+    assert "25 frames, not the 31 of rotate" in err and "ILSVRC2012_val_00000001.mp4" in err
+    assert "--skip-bad-images" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not list(out.rglob("imagenet-p.*"))
+    code, _, err = cli(*args, "--skip-bad-images")
+    assert code == 0, err
+    assert json.loads((out / "alexnet" / "imagenet-p.json").read_text())["n"] == 1
 
 
 def test_an_unreadable_video_stops_the_run_unless_skipped(cli, tmp_path):

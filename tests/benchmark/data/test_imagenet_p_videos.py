@@ -93,12 +93,20 @@ def test_samples_are_the_videos_labelled_by_their_wnid(tmp_path):
     assert len(video_folder(find_layout(root, ("scale",), 1), limit=2).samples) == 2
 
 
-def test_a_video_with_the_wrong_frame_count_is_refused_by_path(tmp_path):
+def test_a_video_with_the_wrong_frame_count_is_a_bad_image_named_by_path(tmp_path):
     root = make_imagenet_p(tmp_path / "p", {"rotate": 30}, images=1)
     layout = find_layout(root, ("rotate",), 1)
     folder = video_folder(layout)
-    with pytest.raises(UserError, match=r"has 30 frames, not the 31 of rotate"):
+    with pytest.raises(BadImage, match=r"30 frames, not the 31 of rotate") as raised:
         ReleasedImageNetP(layout, folder).images(folder.samples[0])
+    assert raised.value.path == root / "rotate" / folder.samples[0].path
+
+
+def test_a_video_missing_from_another_perturbation_is_found_before_the_run(tmp_path):
+    root = make_imagenet_p(tmp_path / "p", {"rotate": 31, "scale": 31}, images=2)
+    (root / "scale" / GOLDFISH / "ILSVRC2012_val_00000002.mp4").unlink()
+    with pytest.raises(UserError, match=r"scale lacks 1 of the 2 videos .*ILSVRC2012_val_00000002"):
+        video_folder(find_layout(root, ("rotate", "scale"), 1))
 
 
 def test_an_unreadable_video_is_a_bad_image(tmp_path):
