@@ -71,10 +71,14 @@ def normalised(identity: dict) -> dict:
 class PartialRun:
     """The checkpoint directory of one suite of one run, as one rank uses it."""
 
-    def __init__(self, directory: Path, identity: dict, rank: int = 0):
+    def __init__(self, directory: Path, identity: dict, rank: int = 0, session: dict | None = None):
         self.directory = Path(directory)
         self.identity = normalised(identity)
         self.rank = rank
+        # How this session runs (device, batch size, ranks): not part of the identity, a
+        # resumed run may use another GPU, but recorded so the provenance says so.
+        self.session = normalised(session or {})
+        self.earlier_sessions: list[dict] = []
 
     @property
     def manifest(self) -> Path:
@@ -93,7 +97,7 @@ class PartialRun:
         if not self.exists():
             # Written with the first chunk, not at the start: a run stopped before any
             # image finished leaves nothing to resume or refuse.
-            manifest = {"format": FORMAT, "identity": self.identity}
+            manifest = {"format": FORMAT, "identity": self.identity, "sessions": [self.session]}
             write_json(manifest, self.manifest)
         name = f"{part.positions[0]:09d}-{part.positions[-1]:09d}.r{self.rank}.npz"
         arrays = _arrays(part)
@@ -131,6 +135,10 @@ class PartialRun:
                 f"the checkpoints in {self.directory} overlap (an image is in two chunks): "
                 "pass --restart to discard them"
             )
+        manifest = self._read_manifest()
+        self.earlier_sessions = list(manifest.get("sessions", []))
+        # This session joins the list now, so a resume interrupted again keeps it too.
+        write_json({**manifest, "sessions": [*self.earlier_sessions, self.session]}, self.manifest)
         return parts
 
     def refuse_if_unfinished(self) -> None:

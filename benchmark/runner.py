@@ -118,7 +118,18 @@ def run_suite(
         "provenance": directory / f"{suite.name}.json",
         "table": directory / f"{suite.name}.csv",
     }
-    partial = PartialRun(partial_directory(out, model.name, suite.name), identity, world.rank)
+    session = {
+        "started": datetime.now(timezone.utc).isoformat(),
+        "device": str(device),
+        "device_name": device_description(device),
+        "world_size": world.size,
+        "batch_size": options.batch_size,
+        "channels_last": options.uses_channels_last(device),
+        "compile": options.compile,
+    }
+    partial = PartialRun(
+        partial_directory(out, model.name, suite.name), identity, world.rank, session
+    )
     earlier: list[Part] = []
     plan = None
     if world.is_main:
@@ -197,6 +208,9 @@ def run_suite(
         # This session's work: images finished by an earlier, interrupted session of
         # the same run were read from its checkpoints, not evaluated again.
         "resumed_images": int(sum(len(part) for part in earlier)),
+        # The interrupted sessions' devices and batch sizes (the fields above are this
+        # session's): their images' float rounding follows their batches.
+        "earlier_sessions": partial.earlier_sessions,
         "seconds": seconds,
         "images_per_second": new_images / seconds if seconds > 0 else math.nan,
         "views_per_second": new_views / seconds if seconds > 0 else math.nan,

@@ -143,6 +143,10 @@ def test_ctrl_c_keeps_finished_images_and_resume_writes_what_an_uninterrupted_ru
     assert files(interrupted)["accuracy.json"] == before["accuracy.json"]  # kept, not rerun
     provenance = json.loads((interrupted / "shift.json").read_text())
     assert provenance["resumed_images"] == 1 and provenance["n"] == 6
+    # The interrupted session's settings are in the provenance beside this one's.
+    (session,) = provenance["earlier_sessions"]
+    assert session["batch_size"] == 2 and session["device"] == "cpu"
+    assert session["world_size"] == 1 and session["started"] < provenance["started"]
     assert not (interrupted / ".partial").exists()
 
 
