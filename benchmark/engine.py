@@ -37,13 +37,11 @@ from torch.utils.data import DataLoader, Dataset
 from benchmark.data.folder import ImageFolder
 from benchmark.errors import UserError
 from benchmark.models.zoo import LoadedModel
-from suites.base import Suite
+from suites.base import RANK_COLUMNS, Suite
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Per-view outputs the engine computes for every suite.
 OUTPUT_COLUMNS = ("pred", "correct", "top5_correct", "p_true", "p_other")
-# The five classes ranked first, best first, for suites that ask (``Suite.ranks``).
-RANK_COLUMNS = tuple(f"rank_{i}" for i in range(1, 6))
 
 
 @dataclass

@@ -22,6 +22,9 @@ from torchvision.transforms import functional as TF
 from benchmark.data.folder import Sample
 from benchmark.models.preprocessing import Preprocessing
 
+# Record columns of the five top-ranked classes, best first, for suites with ``ranks``.
+RANK_COLUMNS = tuple(f"rank_{i}" for i in range(1, 6))
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -133,6 +136,11 @@ def term_frame(metric: str, sample, num, den=1.0, **dimensions) -> pd.DataFrame:
     for key, value in dimensions.items():
         frame[key] = value
     return frame
+
+
+def not_computed_row(metric: str, note: str, **dimensions) -> dict:
+    """A metric row with no value, saying in ``note`` why it could not be computed."""
+    return {"metric": metric, "value": float("nan"), "n": 0, "note": note, **dimensions}
 
 
 def summarise_terms(suite: Suite, terms: pd.DataFrame, n: int) -> list[dict]:

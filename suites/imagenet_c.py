@@ -25,7 +25,7 @@ from PIL import Image
 from benchmark.data import corruptions as C
 from benchmark.errors import UserError
 from suites import alexnet_errors
-from suites.base import Metric, Suite, Views, term_frame
+from suites.base import Metric, Suite, Views, not_computed_row, term_frame
 
 CLEAN = "clean"
 
@@ -177,12 +177,12 @@ class ImageNetCSuite(Suite):
 
         for corruption in self.corruption_list:
             if reason := lacking([corruption]):
-                rows.append(_missing("ce", reason, corruption=corruption))
+                rows.append(not_computed_row("ce", reason, corruption=corruption))
         if reason := lacking(C.COMMON):
-            rows += [_missing(m, reason) for m in ("mce", "relative_mce", "mean_error")]
+            rows += [not_computed_row(m, reason) for m in ("mce", "relative_mce", "mean_error")]
         for category in CATEGORY_NAMES:
             if reason := lacking(C.CATEGORIES[category]):
-                rows.append(_missing("mce", reason, category=category))
+                rows.append(not_computed_row("mce", reason, category=category))
         return rows
 
 
@@ -221,10 +221,6 @@ class _ErrorSums:
         severities = len(C.SEVERITIES)
         alexnet = sum(alexnet_errors.ERRORS[corruption]) - severities * alexnet_errors.CLEAN_ERROR
         return (self.total(corruption) - severities * self.clean) / alexnet
-
-
-def _missing(metric: str, note: str, **dims) -> dict:
-    return {"metric": metric, "value": float("nan"), "n": 0, "note": note, **dims}
 
 
 def _to_tensor(image) -> torch.Tensor:

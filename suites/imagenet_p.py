@@ -30,7 +30,7 @@ import torch
 
 from benchmark.data import perturbations as P
 from benchmark.errors import UserError
-from suites.base import Metric, Suite, Views, term_frame
+from suites.base import RANK_COLUMNS, Metric, Suite, Views, not_computed_row, term_frame
 
 
 @dataclass
@@ -165,113 +165,77 @@ class ImageNetPSuite(Suite):
         )
 
     def terms(self, records: pd.DataFrame) -> pd.DataFrame:
-        flips, distances = {}, {}
+        series: dict[tuple[str, str], pd.Series] = {}  # (metric, perturbation) -> per image
         for perturbation in self.perturbation_list:
             rows = records[records["perturbation"] == perturbation]
             if rows.empty:
                 continue
-            flips[perturbation], distances[perturbation] = sequence_averages(
-                rows, perturbation, self.difficulty
-            )
-        parts = []
-        for perturbation in flips:
-            dims = {"perturbation": perturbation}
-            flip, distance = flips[perturbation], distances[perturbation]
-            parts += [
-                term_frame("flip_prob", flip.index, flip, **dims),
-                term_frame("top5_dist", distance.index, distance, **dims),
-            ]
+            flip, distance = sequence_averages(rows, perturbation, self.difficulty)
+            series["flip_prob", perturbation], series["top5_dist", perturbation] = flip, distance
             if self.reference_run is not None:
-                fp_ref, t5d_ref = self.reference_run.values(perturbation)
-                if fp_ref:
-                    parts.append(term_frame("fr", flip.index, flip / fp_ref, **dims))
-                if t5d_ref:
-                    parts.append(term_frame("t5d", distance.index, distance / t5d_ref, **dims))
-        for metric, members, per_image in self._aggregates(flips, distances):
-            if all(p in flips for p in members):
-                mean = sum(per_image(p) for p in members) / len(members)
+                for metric, raw in NORMALISED.items():
+                    if divisor := self.reference_run.value(raw, perturbation):
+                        series[metric, perturbation] = series[raw, perturbation] / divisor
+        parts = [
+            term_frame(metric, values.index, values, perturbation=perturbation)
+            for (metric, perturbation), values in series.items()
+        ]
+        for metric, (members, averaged) in self.means().items():
+            if all((averaged, p) in series for p in members):
+                mean = sum(series[averaged, p] for p in members) / len(members)
                 parts.append(term_frame(metric, mean.index, mean))
         return pd.concat(parts, ignore_index=True)
 
-    def _aggregates(self, flips, distances):
-        """(metric, perturbations, per-image term of one perturbation) of each mean."""
-        rows = [
-            ("mean_flip_prob", P.TEST, flips.get),
-            ("mean_top5_dist", P.TEST, distances.get),
-            ("mean_flip_prob_geometric", P.GEOMETRIC_MFR, flips.get),
-        ]
-        reference = self.reference_run
-        if reference is not None:
-
-            def fr(p):
-                return flips[p] / reference.values(p)[0]
-
-            def t5d(p):
-                return distances[p] / reference.values(p)[1]
-
-            rows += [
-                ("mfr", P.TEST, fr),
-                ("mt5d", P.TEST, t5d),
-                ("mfr_geometric", P.GEOMETRIC_MFR, fr),
-            ]
-            # A perturbation whose reference value is missing or zero cannot be
-            # normalised: the means that need it are reported as not computed.
-            rows = [
-                (m, members, f)
-                for m, members, f in rows
-                if m not in NORMALISED or all(reference.value(m, p) for p in members)
-            ]
-        return rows
+    def means(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        """The means this run reports: normalised ones only with a reference run."""
+        return {
+            metric: (members, averaged)
+            for metric, (members, averaged) in MEANS.items()
+            if averaged not in NORMALISED or self.reference_run is not None
+        }
 
     def summarise(self, records: pd.DataFrame) -> list[dict]:
         return super().summarise(records) + self.not_computed()
 
     def not_computed(self) -> list[dict]:
-        """A row, with its reason, for each mean this run cannot compute."""
+        """A row, with its reason, for each value this run cannot compute: a mean whose
+        perturbations it lacks, or anything the reference cannot divide (missing or 0)."""
         have = set(self.perturbation_list)
-        wanted = [
-            ("mean_flip_prob", P.TEST),
-            ("mean_top5_dist", P.TEST),
-            ("mean_flip_prob_geometric", P.GEOMETRIC_MFR),
-        ]
         reference = self.reference_run
-        if reference is not None:
-            wanted += [("mfr", P.TEST), ("mt5d", P.TEST), ("mfr_geometric", P.GEOMETRIC_MFR)]
         rows = []
-        for metric, members in wanted:
+        for metric, (members, averaged) in self.means().items():
             absent = [p for p in members if p not in have]
             if absent:
                 needs = "the 10 test perturbations" if members == P.TEST else ", ".join(members)
                 note = f"needs {needs}; this run lacks {', '.join(absent)}"
-            elif metric in NORMALISED and (
-                lacking := [p for p in members if not reference.value(metric, p)]
+            elif averaged in NORMALISED and (
+                lacking := [p for p in members if not reference.value(NORMALISED[averaged], p)]
             ):
-                note = (
-                    f"the reference run has no non-zero {NORMALISED[metric]} for "
-                    f"{', '.join(lacking)}"
-                )
+                raw = NORMALISED[averaged]
+                note = f"the reference run has no non-zero {raw} for {', '.join(lacking)}"
             else:
                 continue
-            rows.append({"metric": metric, "value": float("nan"), "n": 0, "note": note})
+            rows.append(not_computed_row(metric, note))
         if reference is not None:
             for perturbation in self.perturbation_list:
-                fp_ref, t5d_ref = reference.values(perturbation)
-                for metric, value in (("fr", fp_ref), ("t5d", t5d_ref)):
-                    if not value:
-                        rows.append(
-                            {
-                                "metric": metric,
-                                "value": float("nan"),
-                                "n": 0,
-                                "perturbation": perturbation,
-                                "note": "the reference run has no non-zero value for it",
-                            }
-                        )
+                for metric, raw in NORMALISED.items():
+                    if not reference.value(raw, perturbation):
+                        note = "the reference run has no non-zero value for it"
+                        rows.append(not_computed_row(metric, note, perturbation=perturbation))
         return rows
 
 
-# Normalised means -> the reference metric they divide by.
-NORMALISED = {"mfr": "flip_prob", "mfr_geometric": "flip_prob", "mt5d": "top5_dist"}
+# Per-perturbation values normalised by a reference run -> what they divide by.
+NORMALISED = {"fr": "flip_prob", "t5d": "top5_dist"}
+# Means over perturbations: metric -> (perturbations, the per-perturbation metric).
+MEANS = {
+    "mean_flip_prob": (P.TEST, "flip_prob"),
+    "mean_top5_dist": (P.TEST, "top5_dist"),
+    "mean_flip_prob_geometric": (P.GEOMETRIC_MFR, "flip_prob"),
+    "mfr": (P.TEST, "fr"),
+    "mt5d": (P.TEST, "t5d"),
+    "mfr_geometric": (P.GEOMETRIC_MFR, "fr"),
+}
 
 
 def pairs(frames: int, perturbation: str, difficulty: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,9 +256,6 @@ def top5_distance(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
     return np.abs(np.arange(5) - rank).sum(axis=-1)
 
 
-RANK_COLUMNS = [f"rank_{i}" for i in range(1, 6)]
-
-
 def sequence_averages(
     rows: pd.DataFrame, perturbation: str, difficulty: int
 ) -> tuple[pd.Series, pd.Series]:
@@ -305,7 +266,7 @@ def sequence_averages(
     if frames * len(images) != len(rows) or frames < 2:
         raise ValueError(f"{perturbation}: sequences of unequal length in the records")
     preds = rows["pred"].to_numpy().reshape(len(images), frames)
-    ranks = rows[RANK_COLUMNS].to_numpy().reshape(len(images), frames, 5)
+    ranks = rows[list(RANK_COLUMNS)].to_numpy().reshape(len(images), frames, 5)
     earlier, later = pairs(frames, perturbation, difficulty)
     flip = (preds[:, earlier] != preds[:, later]).mean(axis=1)
     distance = top5_distance(ranks[:, earlier], ranks[:, later]).mean(axis=1)
@@ -323,14 +284,9 @@ class Reference:
     top5_dist: dict[str, float]
     provenance: dict | None
 
-    def values(self, perturbation: str) -> tuple[float | None, float | None]:
-        return self.flip_prob.get(perturbation), self.top5_dist.get(perturbation)
-
     def value(self, metric: str, perturbation: str) -> float | None:
-        """The reference's value of ``metric`` (flip_prob or top5_dist, or a mean
-        normalised by one of them) for one perturbation."""
-        flip_prob, top5_dist = self.values(perturbation)
-        return top5_dist if NORMALISED.get(metric, metric) == "top5_dist" else flip_prob
+        """The reference's flip_prob or top5_dist (a fraction) for one perturbation."""
+        return getattr(self, metric).get(perturbation)
 
     def values_sha256(self) -> str:
         text = json.dumps([self.flip_prob, self.top5_dist], sort_keys=True)
