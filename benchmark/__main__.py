@@ -1,5 +1,5 @@
-"""`python -m benchmark`: the `aabench` command (also under torchrun)."""
+"""`python -m aabench`: the `aabench` command (also under torchrun)."""
 
-from benchmark.cli import main
+from aabench.cli import main
 
 main()

@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.data import DataLoader
 
-from benchmark.data.folder import ImageFolder
-from benchmark.engine import (
+from aabench.data.folder import ImageFolder
+from aabench.engine import (
     EngineOptions,
     PreparedModel,
     ViewDataset,
@@ -20,8 +20,8 @@ from benchmark.engine import (
     evaluate,
     resolve_device,
 )
-from benchmark.models.zoo import LoadedModel
-from suites.base import Suite
+from aabench.models.zoo import LoadedModel
+from aabench.suites.base import Suite
 
 
 @dataclass

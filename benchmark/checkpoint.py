@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.engine import Part
-from benchmark.errors import UserError
-from results.files import write_atomic, write_json
+from aabench.engine import Part
+from aabench.errors import UserError
+from aabench.results.files import write_atomic, write_json
 
 PARTIAL = ".partial"
 MANIFEST = "manifest.json"

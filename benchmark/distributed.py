@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from benchmark.errors import UserError
+from aabench.errors import UserError
 
 # How long rank 0 waits for a process that has not joined, and a collective may take.
 RENDEZVOUS_TIMEOUT = timedelta(minutes=30)
@@ -227,7 +227,7 @@ def device_for(spec: str, world: World) -> str:
 def start(device: str) -> World:
     """Join the other ranks (if any) and make this process's world current."""
     global _current
-    from benchmark.engine import resolve_device
+    from aabench.engine import resolve_device
 
     _current = world = _from_environment()
     if world.size == 1:

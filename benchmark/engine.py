@@ -34,10 +34,10 @@ from rich.progress import (
 from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.data.folder import ImageFolder
-from benchmark.errors import UserError
-from benchmark.models.zoo import LoadedModel
-from suites.base import RANK_COLUMNS, Suite
+from aabench.data.folder import ImageFolder
+from aabench.errors import UserError
+from aabench.models.zoo import LoadedModel
+from aabench.suites.base import RANK_COLUMNS, Suite
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Per-view outputs the engine computes for every suite.

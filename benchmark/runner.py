@@ -2,8 +2,8 @@
 
 For each suite: evaluate, summarise, then write ``<out>/<model>/<suite>.samples.csv.gz``,
 ``<suite>.json`` (provenance) and ``<suite>.csv`` (the tidy table), each atomically.
-Finished images are checkpointed on the way (benchmark.checkpoint) and, under torchrun,
-each rank evaluates its shard and rank 0 alone writes (benchmark.distributed).
+Finished images are checkpointed on the way (aabench.checkpoint) and, under torchrun,
+each rank evaluates its shard and rank 0 alone writes (aabench.distributed).
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ import pandas as pd
 import torch
 import torchvision
 
-from benchmark import __version__
-from benchmark.checkpoint import CheckpointOptions, PartialRun, partial_directory
-from benchmark.data.folder import ImageFolder
-from benchmark.data.sources import source_for
-from benchmark.distributed import World
-from benchmark.engine import EngineOptions, Hooks, Part, block_size, evaluate, resolve_device
-from benchmark.errors import UserError
-from benchmark.models.zoo import LoadedModel
-from results.files import json_writer, table_writer, write_together
-from results.load import read_table
-from results.table import tidy_table
-from suites.base import Suite
+from aabench import __version__
+from aabench.checkpoint import CheckpointOptions, PartialRun, partial_directory
+from aabench.data.folder import ImageFolder
+from aabench.data.sources import source_for
+from aabench.distributed import World
+from aabench.engine import EngineOptions, Hooks, Part, block_size, evaluate, resolve_device
+from aabench.errors import UserError
+from aabench.models.zoo import LoadedModel
+from aabench.results.files import json_writer, table_writer, write_together
+from aabench.results.load import read_table
+from aabench.results.table import tidy_table
+from aabench.suites.base import Suite
 
 
 @dataclass

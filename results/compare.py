@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.errors import UserError
-from results.load import RunData, load_directory, load_run
-from results.stats import mcnemar_exact, paired_bootstrap
-from suites.registry import available_suites
+from aabench.errors import UserError
+from aabench.results.load import RunData, load_directory, load_run
+from aabench.results.stats import mcnemar_exact, paired_bootstrap
+from aabench.suites.registry import available_suites
 
 SIGNIFICANCE = 0.05
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import UserError
+from aabench.errors import UserError
 
 
 def write_atomic(path: Path, write: Callable[[str], None]) -> None:

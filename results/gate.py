@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import UserError
-from results.compare import Comparison
-from suites.registry import available_suites
+from aabench.errors import UserError
+from aabench.results.compare import Comparison
+from aabench.suites.registry import available_suites
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.errors import UserError
-from results.table import EXTRA_COLUMNS, TIDY_COLUMNS
+from aabench.errors import UserError
+from aabench.results.table import EXTRA_COLUMNS, TIDY_COLUMNS
 
 SAMPLES_SUFFIX = ".samples.csv.gz"
 

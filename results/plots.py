@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from results.table import TIDY_COLUMNS
+from aabench.results.table import TIDY_COLUMNS
 
 Plot = tuple[str, bytes]
 

@@ -11,14 +11,14 @@ from importlib import resources
 
 import pandas as pd
 
-from benchmark.errors import UserError
-from results.load import RunData
+from aabench.errors import UserError
+from aabench.results.load import RunData
 
 TEXT_COLUMNS = ("model", "weights", "suite", "metric", "unit", "source")
 
 
 def _folder():
-    return resources.files("results").joinpath("published")
+    return resources.files("aabench.results").joinpath("published")
 
 
 def published_names() -> list[str]:

@@ -26,9 +26,9 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from benchmark.errors import UserError
-from results.files import write_atomic
-from results.plots import Plot, all_plots
+from aabench.errors import UserError
+from aabench.results.files import write_atomic
+from aabench.results.plots import Plot, all_plots
 
 SUFFIXES = (".html", ".md")
 NO_STATISTICS = "no paired statistics"

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from benchmark.errors import UserError
-from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
+from aabench.errors import UserError
+from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 
 @dataclass

@@ -19,8 +19,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from benchmark.data.folder import Sample
-from benchmark.models.preprocessing import Preprocessing
+from aabench.data.folder import Sample
+from aabench.models.preprocessing import Preprocessing
 
 # Record columns of the five top-ranked classes, best first, for suites with ``ranks``.
 RANK_COLUMNS = tuple(f"rank_{i}" for i in range(1, 6))

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.errors import UserError
-from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
+from aabench.errors import UserError
+from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 
 @dataclass

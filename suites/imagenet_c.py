@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from benchmark.data import corruptions as C
-from benchmark.errors import UserError
-from suites import alexnet_errors
-from suites.base import Metric, Suite, Views, not_computed_row, term_frame
+from aabench.data import corruptions as C
+from aabench.errors import UserError
+from aabench.suites import alexnet_errors
+from aabench.suites.base import Metric, Suite, Views, not_computed_row, term_frame
 
 CLEAN = "clean"
 

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.data import perturbations as P
-from benchmark.errors import UserError
-from suites.base import RANK_COLUMNS, Metric, Suite, Views, not_computed_row, term_frame
+from aabench.data import perturbations as P
+from aabench.errors import UserError
+from aabench.suites.base import RANK_COLUMNS, Metric, Suite, Views, not_computed_row, term_frame
 
 
 @dataclass
@@ -304,7 +304,7 @@ class Reference:
 
 def load_reference(path: Path, suite: ImageNetPSuite) -> Reference:
     """Read a reference imagenet-p table and check it measured the same thing."""
-    from results.load import load_run
+    from aabench.results.load import load_run
 
     run = load_run(path)
     fix = (

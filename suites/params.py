@@ -6,8 +6,8 @@ import dataclasses
 import types
 import typing
 
-from benchmark.errors import UserError
-from suites.base import Suite
+from aabench.errors import UserError
+from aabench.suites.base import Suite
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

@@ -6,13 +6,13 @@ from __future__ import annotations
 import difflib
 from importlib.metadata import entry_points
 
-from benchmark.errors import UserError
-from suites.accuracy import AccuracySuite
-from suites.base import Suite
-from suites.diagonal import DiagonalSuite
-from suites.imagenet_c import ImageNetCSuite
-from suites.imagenet_p import ImageNetPSuite
-from suites.shift import ShiftSuite
+from aabench.errors import UserError
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.base import Suite
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.imagenet_c import ImageNetCSuite
+from aabench.suites.imagenet_p import ImageNetPSuite
+from aabench.suites.shift import ShiftSuite
 
 ENTRY_POINT_GROUP = "aabench.suites"
 BUILTIN: dict[str, type[Suite]] = {

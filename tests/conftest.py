@@ -1,6 +1,6 @@
 import pytest
 
-from benchmark.cli import main
+from aabench.cli import main
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def offline(monkeypatch, tmp_path_factory):
     Tests that exercise downloads replace the transport with a fake (see the `network`
     fixture of the model tests); anything else that tries to download fails loudly.
     """
-    from benchmark.models import weights
+    from aabench.models import weights
 
     def refuse(url, *args, **kwargs):
         raise AssertionError(f"test tried to reach the network: {url}")

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from benchmark.data.folder import ImageFolder, open_image_folder
-from benchmark.engine import EngineOptions, Evaluation, evaluate
-from benchmark.models.preprocessing import Preprocessing
-from benchmark.models.weights import RANDOM_WEIGHTS
-from benchmark.models.zoo import LoadedModel, ModelSpec
+from aabench.data.folder import ImageFolder, open_image_folder
+from aabench.engine import EngineOptions, Evaluation, evaluate
+from aabench.models.preprocessing import Preprocessing
+from aabench.models.weights import RANDOM_WEIGHTS
+from aabench.models.zoo import LoadedModel, ModelSpec
 
 TENCH = "n01440764"  # index 0
 GOLDFISH = "n01443537"  # index 1

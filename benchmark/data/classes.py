@@ -19,7 +19,7 @@ class ImageNetClass:
 
 @cache
 def imagenet_classes() -> tuple[ImageNetClass, ...]:
-    text = resources.files("benchmark.data").joinpath("imagenet_classes.tsv").read_text()
+    text = resources.files("aabench.data").joinpath("imagenet_classes.tsv").read_text()
     rows = csv.DictReader(text.splitlines(), delimiter="\t")
     classes = tuple(
         ImageNetClass(int(row["index"]), row["wnid"], row["name"], row["lemma"]) for row in rows

@@ -18,7 +18,7 @@ from functools import cache
 import numpy as np
 from PIL import Image
 
-from benchmark.errors import UserError
+from aabench.errors import UserError
 
 NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 BLUR = ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur")

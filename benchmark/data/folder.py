@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from benchmark.data.classes import wnid_to_index
-from benchmark.errors import UserError
+from aabench.data.classes import wnid_to_index
+from aabench.errors import UserError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 SAMPLE = "sample"
@@ -51,7 +51,7 @@ class ImageFolder:
 
 def sample_root() -> Path:
     """The embedded sample set shipped inside the package."""
-    return Path(str(resources.files("benchmark.data").joinpath("sample")))
+    return Path(str(resources.files("aabench.data").joinpath("sample")))
 
 
 def open_image_folder(data: str | Path, limit: int | None = None) -> ImageFolder:

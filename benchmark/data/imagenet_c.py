@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.data.corruptions import ALL, CATEGORIES, SEVERITIES
-from benchmark.data.folder import IMAGE_SUFFIXES, ImageFolder, Sample
-from benchmark.engine import decode
-from benchmark.errors import UserError
+from aabench.data.corruptions import ALL, CATEGORIES, SEVERITIES
+from aabench.data.folder import IMAGE_SUFFIXES, ImageFolder, Sample
+from aabench.engine import decode
+from aabench.errors import UserError
 
 LAYOUT = (
     "<root>/<corruption>/<severity 1-5>/<wnid>/<image> "

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.data.classes import wnid_to_index
-from benchmark.data.folder import ImageFolder, Sample, spread_subset
-from benchmark.data.perturbations import frame_count, is_noise
-from benchmark.engine import BadImage
-from benchmark.errors import UserError
+from aabench.data.classes import wnid_to_index
+from aabench.data.folder import ImageFolder, Sample, spread_subset
+from aabench.data.perturbations import frame_count, is_noise
+from aabench.engine import BadImage
+from aabench.errors import UserError
 
 LAYOUT = "<root>/<perturbation>[_2|_3]/<wnid>/<image>.mp4"
 VIDEO_SUFFIX = ".mp4"

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from benchmark import __version__
-from benchmark.data.corruptions import (
+from aabench import __version__
+from aabench.data.corruptions import (
     COMMON,
     JPEG_QUALITY,
     PIPELINE,
@@ -33,9 +33,9 @@ from benchmark.data.corruptions import (
     corruption_seed,
     jpeg_bytes,
 )
-from benchmark.data.folder import open_image_folder
-from benchmark.errors import UserError
-from results.files import write_json
+from aabench.data.folder import open_image_folder
+from aabench.errors import UserError
+from aabench.results.files import write_json
 
 MANIFEST = "manifest.json"
 LAYOUT = "<corruption>/<severity>/<wnid>/<stem>.JPEG"
@@ -86,7 +86,7 @@ def _context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "benchmark.engine", "imagecorruptions"])
+    context.set_forkserver_preload([__name__, "aabench.engine", "imagecorruptions"])
     return context
 
 
@@ -118,7 +118,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def _make_one(job: tuple[str, str, int]) -> tuple[int, int]:
     """Write the missing corrupted copies of one image; returns (written, skipped)."""
-    from benchmark.engine import BadImage, decode
+    from aabench.engine import BadImage, decode
 
     source, sample_path, key = job
     config = _config
@@ -208,7 +208,7 @@ def make_imagenet_c(
     quiet: bool = False,
 ) -> dict:
     """Generate (or finish) ImageNet-C for ``data`` under ``out``; returns the manifest."""
-    from benchmark.engine import _progress
+    from aabench.engine import _progress
 
     corruptions = tuple(check_corruption(c) for c in corruptions)
     severities = tuple(check_severity(s) for s in severities)

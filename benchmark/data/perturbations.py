@@ -26,8 +26,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from benchmark.data.corruptions import CROP, RESIZE
-from benchmark.errors import UserError
+from aabench.data.corruptions import CROP, RESIZE
+from aabench.errors import UserError
 
 GEOMETRIC = ("rotate", "scale", "translate", "tilt")  # the transformations anti-aliasing targets
 # The 10 test perturbations of mFR / mT5D, in the paper's order.

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from benchmark.data.folder import ImageFolder
-from benchmark.errors import UserError
+from aabench.data.folder import ImageFolder
+from aabench.errors import UserError
 
 
 def corruption_library() -> str:
@@ -29,7 +29,7 @@ def source_for(suite, folder: ImageFolder):
             "library": corruption_library(),
             "jpeg_quality": suite.jpeg_quality,
         }
-    from benchmark.data.imagenet_c import ReleasedImageNetC, find_layout
+    from aabench.data.imagenet_c import ReleasedImageNetC, find_layout
 
     if not suite.imagenet_c:
         raise UserError(
@@ -58,7 +58,7 @@ def _imagenet_p_source(suite, folder: ImageFolder):
             "the imagenet-p suite reads the released videos: pass --imagenet-p DIR, or "
             "--generate to make the sequences from the --data images"
         )
-    from benchmark.data.imagenet_p import ReleasedImageNetP, find_layout, video_folder
+    from aabench.data.imagenet_p import ReleasedImageNetP, find_layout, video_folder
 
     layout = find_layout(suite.imagenet_p, suite.perturbation_list, suite.difficulty)
     videos = video_folder(layout, limit=folder.limit)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import UserError
+from aabench.errors import UserError
 
 FILTER_SIZES = range(1, 8)
 PAD_MODES = {"reflect": "reflect", "replicate": "replicate", "zero": "constant"}

@@ -23,7 +23,7 @@ from urllib.request import urlopen
 
 import torch
 
-from benchmark.errors import UserError
+from aabench.errors import UserError
 
 WEIGHTS_DIR_ENV = "AABENCH_WEIGHTS_DIR"
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")

@@ -22,12 +22,12 @@ import torch
 import torchvision
 from torch import nn
 
-from benchmark.errors import UserError
-from benchmark.models import released
-from benchmark.models.antialiased import ARCHITECTURES, build_antialiased
-from benchmark.models.blurpool import FILTER_SIZES
-from benchmark.models.preprocessing import Preprocessing
-from benchmark.models.weights import (
+from aabench.errors import UserError
+from aabench.models import released
+from aabench.models.antialiased import ARCHITECTURES, build_antialiased
+from aabench.models.blurpool import FILTER_SIZES
+from aabench.models.preprocessing import Preprocessing
+from aabench.models.weights import (
     RANDOM_WEIGHTS,
     WeightsRecord,
     WeightsSource,

@@ -4,13 +4,13 @@ import math
 import torch
 from torch import nn
 
-from benchmark.bench import bench, repeat_to
-from benchmark.data.folder import open_image_folder
-from benchmark.engine import EngineOptions
-from benchmark.models.preprocessing import Preprocessing
-from benchmark.models.weights import RANDOM_WEIGHTS
-from benchmark.models.zoo import LoadedModel, ModelSpec
-from suites.shift import ShiftSuite
+from aabench.bench import bench, repeat_to
+from aabench.data.folder import open_image_folder
+from aabench.engine import EngineOptions
+from aabench.models.preprocessing import Preprocessing
+from aabench.models.weights import RANDOM_WEIGHTS
+from aabench.models.zoo import LoadedModel, ModelSpec
+from aabench.suites.shift import ShiftSuite
 
 
 def tiny_model() -> LoadedModel:

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from benchmark import __version__
-from benchmark.cli import main
-from benchmark.errors import UserError
+from aabench import __version__
+from aabench.cli import main
+from aabench.errors import UserError
 
 SUBCOMMANDS = ["run", "compare", "gate", "models", "suites", "make-imagenet-c", "bench"]
 
@@ -81,10 +81,10 @@ def test_models_table_renders(cli):
 
 
 def test_ctrl_c_during_a_run_exits_130_and_keeps_finished_suites(cli, tmp_path, monkeypatch):
-    import benchmark.runner
+    import aabench.runner
 
     finished = []
-    real_run_suite = benchmark.runner.run_suite
+    real_run_suite = aabench.runner.run_suite
 
     def interrupt_the_second(model, suite, *args, **kwargs):
         if finished:
@@ -92,7 +92,7 @@ def test_ctrl_c_during_a_run_exits_130_and_keeps_finished_suites(cli, tmp_path, 
         finished.append(suite.name)
         return real_run_suite(model, suite, *args, **kwargs)
 
-    monkeypatch.setattr(benchmark.runner, "run_suite", interrupt_the_second)
+    monkeypatch.setattr(aabench.runner, "run_suite", interrupt_the_second)
     out = tmp_path / "runs"
     code, _, err = cli(
         "run", "--model", "resnet18_aa", "--weights", "none", "--suite", "accuracy,shift",
@@ -105,12 +105,12 @@ def test_ctrl_c_during_a_run_exits_130_and_keeps_finished_suites(cli, tmp_path, 
 
 
 def test_ctrl_c_in_gate_is_not_mistaken_for_a_regression(cli, monkeypatch):
-    import results.compare
+    import aabench.results.compare
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(results.compare, "load_runs", interrupted)
+    monkeypatch.setattr(aabench.results.compare, "load_runs", interrupted)
     code, _, _ = cli("gate", "--reference", "a.csv", "--candidate", "b.csv")
     assert code == 130
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 
-from benchmark.cli import main
-from benchmark.distributed import PeerFailed, World
+from aabench.cli import main
+from aabench.distributed import PeerFailed, World
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: subprocesses import from it
 TIMEOUT = 240  # seconds: a hang fails the test instead of the whole suite
@@ -56,7 +56,7 @@ def test_shards_are_disjoint_runs_of_whole_blocks_covering_everything(ranks, blo
 @pytest.fixture
 def two_worlds(monkeypatch) -> list[World]:
     """Two ranks sharing one store, as torchrun's processes do (no process group)."""
-    monkeypatch.setattr("benchmark.distributed.POLL_SECONDS", 0.0)
+    monkeypatch.setattr("aabench.distributed.POLL_SECONDS", 0.0)
     store = dist.HashStore()
     worlds = [World(rank, 2) for rank in range(2)]
     for world in worlds:
@@ -91,7 +91,7 @@ def test_torchrun_with_two_ranks_writes_exactly_what_one_process_writes(tmp_path
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        "-m", "benchmark.cli", "run", *RUN, "--out", str(distributed),
+        "-m", "aabench.cli", "run", *RUN, "--out", str(distributed),
     ]  # fmt: skip
     done = subprocess.run(
         command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=TIMEOUT
@@ -120,7 +120,7 @@ def test_an_error_on_one_rank_ends_every_rank_with_one_line_from_rank_0(tmp_path
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
         )  # fmt: skip
         command = [
-            sys.executable, "-m", "benchmark.cli", "run", *MODEL, "--suite", "shift",
+            sys.executable, "-m", "aabench.cli", "run", *MODEL, "--suite", "shift",
             "--data", data, "--out", str(tmp_path / "runs"), "--quiet",
         ]  # fmt: skip
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}

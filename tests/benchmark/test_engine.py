@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from benchmark.data.folder import open_image_folder
-from benchmark.engine import EngineOptions, evaluate, resolve_device
-from benchmark.errors import UserError
-from suites.accuracy import AccuracySuite
-from suites.diagonal import DiagonalSuite
-from suites.shift import ShiftSuite
+from aabench.data.folder import open_image_folder
+from aabench.engine import EngineOptions, evaluate, resolve_device
+from aabench.errors import UserError
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.shift import ShiftSuite
 from tests.helpers import (
     GOLDFISH,
     TABBY,
@@ -259,7 +259,7 @@ def test_out_of_memory_at_batch_size_one_is_a_user_error(grey_root):
 
 
 def test_the_main_process_keeps_few_threads_while_a_gpu_runs_the_model():
-    from benchmark.engine import GPU_MAIN_THREADS, _main_threads
+    from aabench.engine import GPU_MAIN_THREADS, _main_threads
 
     before = torch.get_num_threads()
     with _main_threads(torch.device("cuda")):

@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.cli import main
-from benchmark.errors import UserError
+from aabench.cli import main
+from aabench.errors import UserError
 from tests.helpers import GOLDFISH, TENCH, make_image_folder, solid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ class Pickled:
 
 @pytest.fixture(scope="module")
 def resnet18_state():
-    from benchmark.models.zoo import create_model
+    from aabench.models.zoo import create_model
 
     return create_model("resnet18", weights="none").module.state_dict()
 
@@ -239,7 +239,7 @@ def _wrong_shapes(tmp_path, state):
 
 
 def _wrong_filter_size(tmp_path, state):
-    from benchmark.models.zoo import create_model
+    from aabench.models.zoo import create_model
 
     path = tmp_path / "resnet18_aa3_mine.pth"
     torch.save(create_model("resnet18_aa3", weights="none").module.state_dict(), path)
@@ -349,7 +349,7 @@ def test_5_tampered_file_in_the_cache_is_refused_before_any_download(cli, tmp_pa
 
 @pytest.fixture
 def offline_transport(monkeypatch):
-    from benchmark.models import weights
+    from aabench.models import weights
 
     calls = []
 
@@ -636,13 +636,13 @@ def test_10_out_below_a_file_is_not_writable(cli, tmp_path):
 
 
 def test_10_an_unwritable_out_is_refused_before_any_image_is_evaluated(cli, tmp_path, monkeypatch):
-    from benchmark import engine
+    from aabench import engine
 
     def never(*args, **kwargs):
         raise AssertionError("evaluated before checking --out")
 
     monkeypatch.setattr(engine, "evaluate", never)
-    monkeypatch.setattr("benchmark.runner.evaluate", never)
+    monkeypatch.setattr("aabench.runner.evaluate", never)
     blocker = tmp_path / "results.txt"
     blocker.write_text("keep me")
     user_error(
@@ -656,7 +656,7 @@ def test_10_an_unwritable_out_is_refused_before_any_image_is_evaluated(cli, tmp_
 def test_10_disk_full_leaves_no_partial_file_and_earlier_outputs_intact(
     cli, tmp_path, monkeypatch, failing
 ):
-    import results.files
+    import aabench.results.files
 
     out = tmp_path / "runs"
     args = ("run", *TINY, "--suite", "accuracy", "--limit", "1", "--out", str(out))
@@ -683,7 +683,7 @@ def test_10_disk_full_leaves_no_partial_file_and_earlier_outputs_intact(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
-    monkeypatch.setattr(results.files.os, "fsync", fill_the_disk)
+    monkeypatch.setattr(aabench.results.files.os, "fsync", fill_the_disk)
     user_error(
         cli(*args, "--seed", "1"),
         "cannot write",
@@ -704,7 +704,7 @@ def test_10_disk_full_leaves_no_partial_file_and_earlier_outputs_intact(
 
 
 def test_11_ctrl_c_inside_the_engine_keeps_finished_suites(cli, tmp_path, monkeypatch):
-    from benchmark import engine
+    from aabench import engine
 
     real_reduce = engine.PreparedModel.reduce
     models = []
@@ -824,8 +824,8 @@ def test_debug_lets_the_error_and_its_traceback_through(tmp_path, monkeypatch, a
 def test_debug_prints_the_traceback_in_a_real_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     env.pop("AABENCH_DEBUG", None)
-    argv = [sys.executable, "-m", "benchmark.cli", "--debug", *DEBUG_CASES["unknown-suite"]]
+    argv = [sys.executable, "-m", "aabench.cli", "--debug", *DEBUG_CASES["unknown-suite"]]
     debug = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert debug.returncode not in (0, 2)
     assert "Traceback (most recent call last)" in debug.stderr
-    assert "benchmark.errors.UserError: unknown suite 'shfit'" in debug.stderr
+    assert "aabench.errors.UserError: unknown suite 'shfit'" in debug.stderr

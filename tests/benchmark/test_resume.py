@@ -18,11 +18,11 @@ import pytest
 import torch
 from torch import nn
 
-import benchmark.engine
-from benchmark.checkpoint import PartialRun
-from benchmark.data.folder import open_image_folder
-from benchmark.engine import EngineOptions, Hooks, Part, block_size, evaluate
-from suites.shift import ShiftSuite
+import aabench.engine
+from aabench.checkpoint import PartialRun
+from aabench.data.folder import open_image_folder
+from aabench.engine import EngineOptions, Hooks, Part, block_size, evaluate
+from aabench.suites.shift import ShiftSuite
 from tests.helpers import GOLDFISH, TENCH, loaded, make_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: subprocesses import from it
@@ -57,9 +57,9 @@ def noise_root(tmp_path):
 @pytest.fixture
 def toy_run(cli, noise_root, monkeypatch):
     """`aabench run` of the tiny net on six noise images: returns run(out, *extra)."""
-    import benchmark.models.zoo
+    import aabench.models.zoo
 
-    monkeypatch.setattr(benchmark.models.zoo, "create_model", lambda *a, **k: loaded(Tiny()))
+    monkeypatch.setattr(aabench.models.zoo, "create_model", lambda *a, **k: loaded(Tiny()))
 
     def invoke(out: Path, *extra: str) -> tuple[int, str, str]:
         return cli(
@@ -103,7 +103,7 @@ def interrupted(toy_run, tmp_path, monkeypatch) -> Path:
 def record_evaluated(monkeypatch):
     """The positions of the images a run reads (workers 0: in this process)."""
     evaluated: list[int] = []
-    real_getitem = benchmark.engine.ViewDataset.__getitem__
+    real_getitem = aabench.engine.ViewDataset.__getitem__
 
     def recording(self, index):
         item = real_getitem(self, index)
@@ -111,7 +111,7 @@ def record_evaluated(monkeypatch):
         return item
 
     with monkeypatch.context() as patch:
-        patch.setattr(benchmark.engine.ViewDataset, "__getitem__", recording)
+        patch.setattr(aabench.engine.ViewDataset, "__getitem__", recording)
         yield evaluated
 
 
@@ -241,7 +241,7 @@ def test_kill_9_after_the_first_checkpoint_resumes_without_evaluating_finished_i
     killed = tmp_path / "killed"
     partial = killed / "resnet18" / ".partial" / "shift"
     process = subprocess.Popen(
-        [sys.executable, "-m", "benchmark.cli", *arguments, "--out", str(killed)],
+        [sys.executable, "-m", "aabench.cli", *arguments, "--out", str(killed)],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
@@ -279,9 +279,9 @@ def test_an_interrupted_imagenet_p_run_resumes_to_the_same_bytes(
 ):
     # Sequences are atomic runs of views and records carry text and top-5 columns: the
     # checkpoints must keep all of them exactly.
-    import benchmark.models.zoo
+    import aabench.models.zoo
 
-    monkeypatch.setattr(benchmark.models.zoo, "create_model", lambda *a, **k: loaded(Tiny()))
+    monkeypatch.setattr(aabench.models.zoo, "create_model", lambda *a, **k: loaded(Tiny()))
 
     def run(out: Path, *extra: str):
         return cli(

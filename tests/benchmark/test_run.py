@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.data.folder import open_image_folder
-from results.table import TIDY_COLUMNS
+from aabench.data.folder import open_image_folder
+from aabench.results.table import TIDY_COLUMNS
 
 MODEL = ("--model", "resnet18_aa", "--weights", "none")
 SAMPLE_PATHS = sorted(s.path for s in open_image_folder("sample").samples)
@@ -123,7 +123,7 @@ def test_json_prints_the_headline_rows(cli, tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A fixed resnet18_aa checkpoint: random initialisation itself is not seeded by --seed."""
-    from benchmark.models.zoo import create_model
+    from aabench.models.zoo import create_model
 
     torch.manual_seed(0)
     module = create_model("resnet18_aa", weights="none").module

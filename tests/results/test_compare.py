@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.errors import UserError
-from results.compare import compare, compare_groups, dimension_key, load_runs
-from results.load import RunData, load_run
-from results.stats import mcnemar_exact
-from results.table import tidy_table
-from suites.diagonal import DiagonalSuite
+from aabench.errors import UserError
+from aabench.results.compare import compare, compare_groups, dimension_key, load_runs
+from aabench.results.load import RunData, load_run
+from aabench.results.stats import mcnemar_exact
+from aabench.results.table import tidy_table
+from aabench.suites.diagonal import DiagonalSuite
 from tests.results.test_load import (
     FINGERPRINT,
     MODEL,
@@ -417,7 +417,7 @@ def test_metric_filter_and_unknown_metrics(tmp_path):
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
     """One real `aabench run` (accuracy, shift; 1 pass) and a copy of it elsewhere."""
-    from benchmark.cli import main
+    from aabench.cli import main
 
     root = tmp_path_factory.mktemp("real")
     with pytest.MonkeyPatch.context() as patch:

@@ -9,8 +9,8 @@ import os
 import pandas as pd
 import pytest
 
-from benchmark.errors import UserError
-from results.files import (
+from aabench.errors import UserError
+from aabench.results.files import (
     json_writer,
     table_writer,
     write_atomic,
@@ -150,7 +150,7 @@ def test_write_together_renames_only_when_every_file_is_written(tmp_path):
 
 
 def test_check_writable_refuses_a_path_below_a_file_and_creates_nothing(tmp_path):
-    from results.files import check_writable
+    from aabench.results.files import check_writable
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -161,9 +161,9 @@ def test_check_writable_refuses_a_path_below_a_file_and_creates_nothing(tmp_path
 
 
 def test_check_writable_refuses_a_directory_without_write_permission(tmp_path, monkeypatch):
-    from results.files import check_writable
+    from aabench.results.files import check_writable
 
     # As root a chmod stops nothing: ask os.access instead.
-    monkeypatch.setattr("results.files.os.access", lambda path, mode: False)
+    monkeypatch.setattr("aabench.results.files.os.access", lambda path, mode: False)
     with pytest.raises(UserError, match="no permission to write in"):
         check_writable(tmp_path / "runs")

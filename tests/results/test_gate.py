@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.errors import UserError
-from results.compare import Comparison, RunTables
-from results.gate import DEFAULT_RULES, Rule, apply_rules, load_rules, summary_markdown
+from aabench.errors import UserError
+from aabench.results.compare import Comparison, RunTables
+from aabench.results.gate import DEFAULT_RULES, Rule, apply_rules, load_rules, summary_markdown
 from tests.results.test_load import write_accuracy, write_shift, write_suite
 
 # --- rules files ---------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_a_missing_rules_file_is_a_user_error(tmp_path):
 
 
 def test_default_rules_name_real_metrics_of_their_suites():
-    from suites.registry import available_suites
+    from aabench.suites.registry import available_suites
 
     suites = available_suites()
     for rule in DEFAULT_RULES:

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.errors import UserError
-from results.files import write_table
-from results.load import SAMPLES_SUFFIX, load_directory, load_run, read_table
-from results.table import TIDY_COLUMNS, tidy_table
-from suites.accuracy import AccuracySuite
-from suites.diagonal import DiagonalSuite
-from suites.shift import ShiftSuite
+from aabench.errors import UserError
+from aabench.results.files import write_table
+from aabench.results.load import SAMPLES_SUFFIX, load_directory, load_run, read_table
+from aabench.results.table import TIDY_COLUMNS, tidy_table
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.shift import ShiftSuite
 
 MODEL = "net"
 FINGERPRINT = {"count": 20, "sha256": "d" * 64}

@@ -1,7 +1,7 @@
 """Plots: one PNG per kind of data the runs have, none for data they lack.
 
 The builders here (``run``, ``imagenet_c``, ``imagenet_p``, ``compare``) make fake runs and
-comparisons with the fields of results.compare's RunTables / Comparison; the report
+comparisons with the fields of aabench.results.compare's RunTables / Comparison; the report
 tests use them too.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from results.compare import Comparison, RunTables
-from results.plots import (
+from aabench.results.compare import Comparison, RunTables
+from aabench.results.plots import (
     DIAGONAL_ACCURACY,
     DIAGONAL_P_TRUE,
     IMAGENET_C_CE,
@@ -27,11 +27,11 @@ from results.plots import (
     imagenet_p_plots,
     shift_plots,
 )
-from results.published import published_table
-from results.table import tidy_table
-from suites.accuracy import AccuracySuite
-from suites.diagonal import DiagonalSuite
-from suites.shift import ShiftSuite
+from aabench.results.published import published_table
+from aabench.results.table import tidy_table
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.shift import ShiftSuite
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -118,7 +118,7 @@ def compare(
     warnings: list[str] | None = None,
     statistics: bool = True,
 ) -> Comparison:
-    """A fake of results.compare: align on (suite, metric, offset), one row per candidate."""
+    """A fake of aabench.results.compare: align on (suite, metric, offset), a row per candidate."""
     keys = ["suite", "metric", "offset"]
 
     def keyed(table: pd.DataFrame) -> pd.DataFrame:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmark.errors import UserError
-from results.published import published_names, published_table
+from aabench.errors import UserError
+from aabench.results.published import published_names, published_table
 
 HEADLINE_ARCHS = (
     "alexnet",

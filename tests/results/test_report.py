@@ -8,9 +8,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from benchmark.errors import UserError
-from results.plots import all_plots
-from results.report import NO_STATISTICS, write_report
+from aabench.errors import UserError
+from aabench.results.plots import all_plots
+from aabench.results.report import NO_STATISTICS, write_report
 from tests.results.test_plots import PNG_SIGNATURE, compare, imagenet_c, run
 
 WARNING = "weights differ in hash: resnet50_aa.pth <allowed by --allow-mismatch>"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from results.stats import CHUNK, mcnemar_exact, paired_bootstrap
+from aabench.results.stats import CHUNK, mcnemar_exact, paired_bootstrap
 
 
 def column(values) -> np.ndarray:

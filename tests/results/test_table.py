@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from results.files import write_table
-from results.table import TIDY_COLUMNS, tidy_table
-from suites.accuracy import AccuracySuite
-from suites.diagonal import DiagonalSuite
-from suites.shift import ShiftSuite
+from aabench.results.files import write_table
+from aabench.results.table import TIDY_COLUMNS, tidy_table
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.shift import ShiftSuite
 
 
 def test_columns_and_values_for_a_suite_without_dimensions():

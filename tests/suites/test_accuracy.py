@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.errors import UserError
-from suites.accuracy import AccuracySuite
+from aabench.errors import UserError
+from aabench.suites.accuracy import AccuracySuite
 from tests.helpers import GOLDFISH, TENCH, make_image_folder, one_hot_logits, run, solid
 
 SHARK = "n01484850"  # index 2
@@ -80,7 +80,7 @@ def test_uses_the_model_sizes_unless_overridden(tmp_path):
 def test_prepare_is_resize_then_centre_crop():
     from PIL import Image
 
-    from benchmark.models.preprocessing import Preprocessing
+    from aabench.models.preprocessing import Preprocessing
 
     # 40 x 80 image: resize keeps 40 x 80, the centre 32 crop holds columns 24..55.
     columns = np.tile(np.arange(80, dtype=np.uint8)[None, :, None], (40, 1, 3))

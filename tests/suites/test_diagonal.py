@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.errors import UserError
-from results.table import tidy_table
-from suites.diagonal import DiagonalSuite
+from aabench.errors import UserError
+from aabench.results.table import tidy_table
+from aabench.suites.diagonal import DiagonalSuite
 from tests.helpers import GOLDFISH, TENCH, Constant, edges, make_image_folder, run
 
 # First white (red) column of each image, by class folder; labels: tench 0, goldfish 1.

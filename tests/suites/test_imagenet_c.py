@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from benchmark.cli import main
-from benchmark.data import corruptions as C
-from benchmark.data.folder import Sample
-from benchmark.data.sources import corruption_library
-from benchmark.models.preprocessing import Preprocessing
-from suites import alexnet_errors
-from suites.base import summarise_terms
-from suites.imagenet_c import ImageNetCSuite
+from aabench.cli import main
+from aabench.data import corruptions as C
+from aabench.data.folder import Sample
+from aabench.data.sources import corruption_library
+from aabench.models.preprocessing import Preprocessing
+from aabench.suites import alexnet_errors
+from aabench.suites.base import summarise_terms
+from aabench.suites.imagenet_c import ImageNetCSuite
 from tests.helpers import GOLDFISH, TENCH
 
 CLEAN = ("clean", 0)
@@ -396,7 +396,7 @@ def run_args(val: Path, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One released and one generated run of the same two images (seed 0)."""
-    from benchmark.models import weights
+    from aabench.models import weights
 
     base = tmp_path_factory.mktemp("imagenet_c")
 
@@ -517,8 +517,8 @@ def test_released_images_of_another_size_are_refused_not_resized(cli, tmp_path, 
 def test_clean_view_is_resize_256_crop_224_whatever_the_model_resizes_to():
     from PIL import Image
 
-    from benchmark.data.corruptions import center_224
-    from benchmark.models.preprocessing import Preprocessing
+    from aabench.data.corruptions import center_224
+    from aabench.models.preprocessing import Preprocessing
 
     image = Image.effect_mandelbrot((400, 300), (-2, -1.5, 1, 1.5), 100).convert("RGB")
     view = ImageNetCSuite().prepare(image, Preprocessing(resize_size=232, crop_size=224))
@@ -526,7 +526,7 @@ def test_clean_view_is_resize_256_crop_224_whatever_the_model_resizes_to():
 
 
 def test_jpeg_quality_needs_generate():
-    from benchmark.errors import UserError
+    from aabench.errors import UserError
 
     with pytest.raises(UserError, match="generate=true"):
         ImageNetCSuite(jpeg_quality=85)

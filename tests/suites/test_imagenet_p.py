@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.data import perturbations as P
-from benchmark.errors import UserError
-from suites.imagenet_p import ImageNetPSuite, pairs, top5_distance
+from aabench.data import perturbations as P
+from aabench.errors import UserError
+from aabench.suites.imagenet_p import ImageNetPSuite, pairs, top5_distance
 from tests.helpers import (
     GOLDFISH,
     TENCH,
@@ -414,7 +414,7 @@ def test_frame_counts_per_perturbation():
 
 
 def test_views_are_uint8_frames_of_224(val):
-    from benchmark.data.folder import open_image_folder
+    from aabench.data.folder import open_image_folder
 
     folder = open_image_folder(val)
     suite = ImageNetPSuite(perturbations="scale", generate=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.errors import UserError
-from suites.accuracy import AccuracySuite
-from suites.diagonal import DiagonalSuite
-from suites.params import build_suites, convert, parameter_types, parse_assignments
-from suites.shift import ShiftSuite
+from aabench.errors import UserError
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.params import build_suites, convert, parameter_types, parse_assignments
+from aabench.suites.shift import ShiftSuite
 
 ALL = (["accuracy", "shift", "diagonal"], [AccuracySuite, ShiftSuite, DiagonalSuite])
 

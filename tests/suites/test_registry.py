@@ -9,20 +9,20 @@ import sys
 import pandas as pd
 import pytest
 
-from benchmark.errors import UserError
-from results.table import TIDY_COLUMNS
-from suites.accuracy import AccuracySuite
-from suites.base import Suite
-from suites.diagonal import DiagonalSuite
-from suites.registry import ENTRY_POINT_GROUP, available_suites, get_suite
-from suites.shift import ShiftSuite
+from aabench.errors import UserError
+from aabench.results.table import TIDY_COLUMNS
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.base import Suite
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.registry import ENTRY_POINT_GROUP, available_suites, get_suite
+from aabench.suites.shift import ShiftSuite
 
 BUILTIN_NAMES = ("accuracy", "shift", "diagonal", "imagenet-c", "imagenet-p")
 
 TINY_SUITE = """
 from dataclasses import dataclass
 
-from suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
+from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 
 @dataclass

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.data.folder import open_image_folder
-from benchmark.errors import UserError
-from suites.shift import ShiftSuite
+from aabench.data.folder import open_image_folder
+from aabench.errors import UserError
+from aabench.suites.shift import ShiftSuite
 from tests.helpers import (
     GOLDFISH,
     TABBY,
@@ -261,7 +261,7 @@ def test_invalid_parameters_are_user_errors(kwargs, message):
 def test_a_model_resize_below_256_never_pads_the_views_with_black():
     from PIL import Image
 
-    from benchmark.models.preprocessing import Preprocessing
+    from aabench.models.preprocessing import Preprocessing
 
     image = Image.new("RGB", (400, 300), (200, 200, 200))
     # torchvision's V2 weights resize to 232; the protocol's base crop is 256.

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suites.accuracy import AccuracySuite
-from suites.base import Metric, summarise_terms, term_frame
-from suites.diagonal import DiagonalSuite
-from suites.shift import ShiftSuite
+from aabench.suites.accuracy import AccuracySuite
+from aabench.suites.base import Metric, summarise_terms, term_frame
+from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.shift import ShiftSuite
 
 LABEL = 7
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from benchmark.models.antialiased import alexnet, densenet, mobilenet, resnet, vgg
+from aabench.models.antialiased import alexnet, densenet, mobilenet, resnet, vgg
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "alexnet": alexnet.alexnet,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.alexnet import AlexNet
 
-from benchmark.models.blurpool import BlurPool
+from aabench.models.blurpool import BlurPool
 
 
 def alexnet(filter_size: int = 4, pad_type: str = "reflect", num_classes: int = 1000) -> AlexNet:

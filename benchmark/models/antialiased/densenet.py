@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 from torchvision.models.densenet import DenseNet
 
-from benchmark.models.blurpool import BlurPool
+from aabench.models.blurpool import BlurPool
 
 ARCHS = ("densenet121", "densenet169", "densenet201", "densenet161")
 

@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 
-from benchmark.models.blurpool import BlurPool
+from aabench.models.blurpool import BlurPool
 
 
 def mobilenet_v2(

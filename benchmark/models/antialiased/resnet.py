@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from benchmark.models.blurpool import BlurPool
+from aabench.models.blurpool import BlurPool
 
 ARCHS = (
     "resnet18",

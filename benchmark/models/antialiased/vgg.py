@@ -7,7 +7,7 @@ from functools import partial
 from torch import nn
 from torchvision.models.vgg import VGG
 
-from benchmark.models.blurpool import BlurPool
+from aabench.models.blurpool import BlurPool
 
 # torchvision's layer configurations: channel counts, "M" = max-pool.
 CONFIGS = {

@@ -10,8 +10,8 @@ from imagecorruptions import get_corruption_names
 from PIL import Image
 from torchvision import transforms
 
-from benchmark.data import corruptions as module
-from benchmark.data.corruptions import (
+from aabench.data import corruptions as module
+from aabench.data.corruptions import (
     ALL,
     CATEGORIES,
     COMMON,
@@ -25,7 +25,7 @@ from benchmark.data.corruptions import (
     parse_corruptions,
     parse_severities,
 )
-from benchmark.errors import UserError
+from aabench.errors import UserError
 
 
 def textured(height: int, width: int, seed: int = 0) -> np.ndarray:

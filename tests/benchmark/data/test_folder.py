@@ -7,9 +7,9 @@ import re
 import pytest
 from PIL import Image
 
-from benchmark.data.classes import class_name, imagenet_classes, wnid_to_index
-from benchmark.data.folder import Sample, open_image_folder, sample_root, spread_subset
-from benchmark.errors import UserError
+from aabench.data.classes import class_name, imagenet_classes, wnid_to_index
+from aabench.data.folder import Sample, open_image_folder, sample_root, spread_subset
+from aabench.errors import UserError
 from tests.helpers import make_image_folder, solid
 
 TENCH, TABBY, CLOCK = "n01440764", "n02123045", "n04548280"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.data.corruptions import CATEGORIES
-from benchmark.data.folder import open_image_folder
-from benchmark.data.imagenet_c import LAYOUT, ReleasedImageNetC, find_layout
-from benchmark.data.sources import source_for
-from benchmark.errors import UserError
-from suites.imagenet_c import ImageNetCSuite
+from aabench.data.corruptions import CATEGORIES
+from aabench.data.folder import open_image_folder
+from aabench.data.imagenet_c import LAYOUT, ReleasedImageNetC, find_layout
+from aabench.data.sources import source_for
+from aabench.errors import UserError
+from aabench.suites.imagenet_c import ImageNetCSuite
 from tests.helpers import GOLDFISH, TENCH
 
 FILES = [f"{TENCH}/ILSVRC2012_val_00000001.JPEG", f"{GOLDFISH}/ILSVRC2012_val_00000002.JPEG"]

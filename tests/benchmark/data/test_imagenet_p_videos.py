@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.data.imagenet_p import (
+from aabench.data.imagenet_p import (
     ReleasedImageNetP,
     directory_name,
     find_layout,
     read_video,
     video_folder,
 )
-from benchmark.engine import BadImage
-from benchmark.errors import UserError
+from aabench.engine import BadImage
+from aabench.errors import UserError
 from tests.helpers import GOLDFISH, TENCH
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.data import make_imagenet_c as module
-from benchmark.data.corruptions import PIPELINE
-from benchmark.data.folder import open_image_folder
-from benchmark.data.make_imagenet_c import MANIFEST, make_imagenet_c
-from benchmark.errors import UserError
+from aabench.data import make_imagenet_c as module
+from aabench.data.corruptions import PIPELINE
+from aabench.data.folder import open_image_folder
+from aabench.data.make_imagenet_c import MANIFEST, make_imagenet_c
+from aabench.errors import UserError
 from tests.helpers import TABBY, TENCH, make_image_folder
 
 CORRUPTIONS = ("gaussian_noise", "impulse_noise", "glass_blur", "brightness")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.data import perturbations as P
-from benchmark.errors import UserError
+from aabench.data import perturbations as P
+from aabench.errors import UserError
 
 
 @pytest.fixture(scope="module")

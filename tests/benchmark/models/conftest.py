@@ -1,7 +1,7 @@
 """Shared fixtures for the model-zoo tests: an isolated torch.hub cache and a fake network.
 
 No test may reach the network: ``network`` replaces the transport that
-``benchmark.models.weights`` downloads with, serves only what a test registered, and fails
+``aabench.models.weights`` downloads with, serves only what a test registered, and fails
 the test on any other request.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.models import weights as weights_module
+from aabench.models import weights as weights_module
 
 
 class FakeResponse:
@@ -37,7 +37,7 @@ class FakeResponse:
 
 
 class FakeNetwork:
-    """Stands in for ``urllib.request.urlopen`` in ``benchmark.models.weights``."""
+    """Stands in for ``urllib.request.urlopen`` in ``aabench.models.weights``."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []

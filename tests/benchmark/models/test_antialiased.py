@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.models.antialiased import ARCHITECTURES, build_antialiased
+from aabench.models.antialiased import ARCHITECTURES, build_antialiased
 from tests.benchmark.models.synthetic import golden_input, state_checksum, synthetic_tensor
 
 DATA = Path(__file__).parent / "data"

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import UserError
-from benchmark.models.blurpool import BlurPool, binomial_filter
+from aabench.errors import UserError
+from aabench.models.blurpool import BlurPool, binomial_filter
 
 # Rows of Pascal's triangle, written out by hand (the paper's Rect-2, Tri-3, Tri-4, Bin-5).
 ROWS = {

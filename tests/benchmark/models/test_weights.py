@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.errors import UserError
-from benchmark.models.weights import (
+from aabench.errors import UserError
+from aabench.models.weights import (
     WeightsSource,
     cache_dir,
     checkpoint_filter_size,

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torchvision
 
-from benchmark.errors import UserError
-from benchmark.models import released
-from benchmark.models.antialiased import ARCHITECTURES
-from benchmark.models.zoo import (
+from aabench.errors import UserError
+from aabench.models import released
+from aabench.models.antialiased import ARCHITECTURES
+from aabench.models.zoo import (
     TORCHVISION_LICENCE,
     available_models,
     create_model,

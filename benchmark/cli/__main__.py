@@ -1,0 +1,5 @@
+"""`python -m aabench.cli`: the same as `python -m aabench`."""
+
+from aabench.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""The typer app, the options several commands share, and the entry point that turns
+user errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+
+import typer
+
+from aabench import __version__
+from aabench.errors import UserError
+
+app = typer.Typer(
+    help="Measure how shift-invariant and corruption-robust image classifiers are.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+INTERNAL_ERROR = 3
+_state = {"debug": False}  # set by --debug or AABENCH_DEBUG, read by main()
+
+# Options shared by several commands, declared once.
+MODEL = typer.Option(..., "--model", "-m", help="Model name (`aabench models`).")
+WEIGHTS = typer.Option(
+    None, "--weights", help="Checkpoint PATH or URL, or 'none' for random weights."
+)
+WEIGHTS_DIR = typer.Option(
+    None,
+    "--weights-dir",
+    envvar="AABENCH_WEIGHTS_DIR",
+    help="Local mirror directory, searched by file name before the cache.",
+)
+DATA = typer.Option(
+    "sample", "--data", help="ImageNet val folder, or 'sample' for the embedded set."
+)
+DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:<i>.")
+BATCH_SIZE = typer.Option(64, "--batch-size", help="Views per forward pass.")
+WORKERS = typer.Option(None, "--workers", help="Decoding workers (default: cores-1).")
+AMP = typer.Option("off", "--amp", help="off, bf16 or fp16.")
+CHANNELS_LAST = typer.Option(
+    None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
+)
+COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
+SET = typer.Option([], "--set", help="Override a suite parameter: --set key=value (repeatable).")
+JSON = typer.Option(False, "--json", help="Print JSON for machines.")
+
+
+INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+
+
+class Interrupted(Exception):
+    """Ctrl-C, carried past click (which would turn it into exit code 1, the gate's
+    "regression") to main()."""
+
+
+def command(*args, **kwargs):
+    """app.command, with Ctrl-C inside the command becoming a clean exit 130."""
+
+    def register(function):
+        @functools.wraps(function)
+        def interruptible(*call_args, **call_kwargs):
+            try:
+                return function(*call_args, **call_kwargs)
+            except KeyboardInterrupt:
+                raise Interrupted from None
+
+        return app.command(*args, **kwargs)(interruptible)
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aabench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    _state["debug"] = _state["debug"] or debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2.
+
+    Typer runs in standalone mode, so usage errors, --help and --version exit through
+    SystemExit with click's own codes; only our UserError is translated here.
+    """
+    _state["debug"] = bool(os.environ.get("AABENCH_DEBUG"))
+    try:
+        app(args=argv, prog_name="aabench")
+    except UserError as error:
+        if _state["debug"]:
+            _other_ranks_stop(error.exit_code, str(error))
+            raise
+        _exit(error.exit_code, f"aabench: error: {error}", str(error))
+    except Interrupted:
+        _exit(
+            INTERRUPTED,
+            "aabench: interrupted: outputs already written are kept; nothing was written "
+            "for the unfinished step (a run keeps its finished images: --resume continues it)",
+            "interrupted",
+        )
+    except Exception as error:
+        # A bug, not bad input: show everything, and never exit 1, which `gate` reserves
+        # for a regression.
+        traceback.print_exc()
+        _exit(
+            INTERNAL_ERROR,
+            f"aabench {__version__}: internal error (a bug): please report it with the "
+            "traceback above",
+            f"a rank hit an internal error (a bug; its traceback is in its output): "
+            f"{type(error).__name__}: {error}",
+        )
+
+
+def _other_ranks_stop(code: int, message: str):
+    """Under torchrun: tell the other ranks to stop. Imported late: only `run` starts a
+    distributed world, and torch is slow to import for the other commands."""
+    if "aabench.distributed" not in sys.modules:
+        return None
+    world = sys.modules["aabench.distributed"].current()
+    world.stop(code, message)
+    return world
+
+
+def _exit(code: int, line: str, message: str):
+    """Print ``line`` and exit with ``code``; under torchrun only rank 0 prints, and
+    every rank stops with the same code (``message`` is what rank 0 shows for another
+    rank's failure)."""
+    world = _other_ranks_stop(code, message)
+    if world is None or world.is_main:
+        print(line, file=sys.stderr)
+    if world is not None:
+        world.leave(line)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`aabench make-imagenet-c`: write ImageNet-C in the released layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from aabench.cli.app import (
+    JSON,
+    command,
+)
+from aabench.errors import UserError
+
+
+@command("make-imagenet-c")
+def make_imagenet_c(
+    data: str = typer.Option(None, "--data", help="ImageNet val folder (<root>/<wnid>/<image>)."),
+    out: Path = typer.Option(None, "--out", help="Output directory (released layout)."),
+    corruptions: str = typer.Option(
+        "common",
+        "--corruptions",
+        help="Comma-separated names, or common, extra, all, noise, blur, weather, digital.",
+    ),
+    severities: str = typer.Option("1,2,3,4,5", "--severities", help="Comma-separated, 1..5."),
+    limit: int = typer.Option(None, "--limit", help="A deterministic subset of N images."),
+    workers: int = typer.Option(
+        None, "--workers", help="Processes (default: cores-1; 0: in-process)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of every corruption's random draws."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = JSON,
+) -> None:
+    """Generate ImageNet-C from ImageNet val in the released layout (resumable)."""
+    from aabench.data.corruptions import parse_corruptions, parse_severities
+    from aabench.data.make_imagenet_c import make_imagenet_c as generate
+
+    if data is None:
+        raise UserError("--data is required: pass the ImageNet val folder (<root>/<wnid>/<image>)")
+    if out is None:
+        raise UserError("--out is required: pass the directory to write ImageNet-C into")
+    manifest = generate(
+        data,
+        out,
+        corruptions=parse_corruptions(corruptions),
+        severities=parse_severities(severities),
+        limit=limit,
+        workers=workers,
+        seed=seed,
+        quiet=quiet or as_json,
+    )
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=1))
+        return
+    typer.echo(
+        f"{out}: {manifest['written']} file(s) written, {manifest['skipped']} kept, "
+        f"{manifest['images']} image(s) x {manifest['files'] // max(manifest['images'], 1)} "
+        f"cell(s) in {manifest['seconds']:.1f} s ({manifest['images_per_second']:.2f} images/s, "
+        f"{manifest['files_per_second']:.1f} files/s)"
+    )

@@ -1,0 +1,167 @@
+"""`aabench run`: evaluate a model on suites and print each suite's headline numbers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aabench.cli.app import (
+    AMP,
+    BATCH_SIZE,
+    CHANNELS_LAST,
+    COMPILE,
+    DATA,
+    DEVICE,
+    JSON,
+    MODEL,
+    SET,
+    WEIGHTS,
+    WEIGHTS_DIR,
+    WORKERS,
+    command,
+)
+from aabench.errors import UserError
+from aabench.results.table import TIDY_COLUMNS as _TIDY
+
+
+@command()
+def run(
+    model: str = MODEL,
+    suite: str = typer.Option(..., "--suite", "-s", help="Suite name(s), comma-separated."),
+    weights: str = WEIGHTS,
+    weights_dir: str = WEIGHTS_DIR,
+    data: str = DATA,
+    device: str = DEVICE,
+    batch_size: int = BATCH_SIZE,
+    workers: int = WORKERS,
+    amp: str = AMP,
+    channels_last: bool = CHANNELS_LAST,
+    compile_model: bool = COMPILE,
+    limit: int = typer.Option(None, "--limit", help="Evaluate a deterministic subset of N."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
+    assignments: list[str] = SET,
+    imagenet_c: str = typer.Option(
+        None, "--imagenet-c", help="Released ImageNet-C root (for --suite imagenet-c)."
+    ),
+    imagenet_p: str = typer.Option(
+        None, "--imagenet-p", help="Released ImageNet-P root (for --suite imagenet-p)."
+    ),
+    normalize_by: str = typer.Option(
+        None,
+        "--normalize-by",
+        help="imagenet-p: a reference run's imagenet-p.csv (e.g. AlexNet's) for FR and mFR.",
+    ),
+    generate: bool = typer.Option(
+        False,
+        "--generate",
+        help="imagenet-c / imagenet-p: corrupt or perturb the --data images on the fly.",
+    ),
+    out: Path = typer.Option(Path("runs"), "--out", help="Output directory."),
+    skip_bad_images: bool = typer.Option(
+        False, "--skip-bad-images", help="Skip (and record) images that cannot be decoded."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run from its checkpoints."
+    ),
+    restart: bool = typer.Option(
+        False, "--restart", help="Discard an interrupted run's checkpoints and start over."
+    ),
+    checkpoint_every: float = typer.Option(
+        60.0, "--checkpoint-every", help="Seconds between checkpoints of finished images."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    as_json: bool = JSON,
+) -> None:
+    """Run benchmark suites on a model and write tidy tables with provenance."""
+    from aabench import distributed
+    from aabench.checkpoint import CheckpointOptions
+    from aabench.data.folder import open_image_folder
+    from aabench.engine import EngineOptions
+    from aabench.models.zoo import create_model
+    from aabench.results.files import check_writable
+    from aabench.runner import check_unfinished, run_suite
+    from aabench.suites.params import build_suites
+    from aabench.suites.registry import get_suite
+
+    # First: under torchrun, an error from here on stops every rank together.
+    world = distributed.start(device)
+    checkpoints = CheckpointOptions(resume=resume, restart=restart, every=checkpoint_every)
+    names = [name.strip() for name in suite.split(",") if name.strip()]
+    if not names:
+        raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
+    for flag, given, assignment, takers in (
+        ("--imagenet-c", imagenet_c, f"imagenet_c={imagenet_c}", ("imagenet-c",)),
+        ("--imagenet-p", imagenet_p, f"imagenet_p={imagenet_p}", ("imagenet-p",)),
+        ("--normalize-by", normalize_by, f"normalize_by={normalize_by}", ("imagenet-p",)),
+        ("--generate", generate, "generate=true", ("imagenet-c", "imagenet-p")),
+    ):
+        if given:
+            if not any(name in takers for name in names):
+                raise UserError(f"{flag} is for --suite {' or '.join(takers)}: add it to --suite")
+            assignments = [*assignments, assignment]
+    suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
+    options = EngineOptions(
+        device=world.device,
+        batch_size=batch_size,
+        workers=workers,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile_model,
+        quiet=quiet or as_json or not world.is_main,
+        skip_bad_images=skip_bad_images,
+    )
+    folder = open_image_folder(data, limit=limit)
+    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, init_seed=seed)
+    if world.is_main:
+        # Before hours of work, not after: the outputs must have somewhere to go.
+        check_writable(out / loaded.name)
+        check_unfinished(loaded, suite_objects, folder, options, seed, out, checkpoints)
+    summaries = []
+    for suite_object in suite_objects:
+        result = run_suite(
+            loaded, suite_object, folder, options, seed=seed, out=out, world=world,
+            checkpoints=checkpoints,
+        )  # fmt: skip
+        if result is None:  # not rank 0: rank 0 writes and prints
+            continue
+        summaries.append(result)
+        if result.provenance["data"]["skipped_images"]:
+            skipped = result.provenance["data"]["skipped_images"]
+            print(f"aabench: skipped {len(skipped)} bad image(s): {skipped[:3]}", file=sys.stderr)
+    world.close()
+    if not world.is_main:
+        return
+    if as_json:
+        rows = [row for result in summaries for row in _headline(result.table)]
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    for result in summaries:
+        _print_summary(result)
+
+
+def _headline(table) -> list[dict]:
+    """Rows that are not broken down by a dimension (the suite's overall numbers)."""
+    dimensions = [c for c in table.columns if c not in (*_TIDY, "note")]
+    overall = table[table[dimensions].isna().all(axis=1)] if dimensions else table
+    return json.loads(overall[list(_TIDY)].to_json(orient="records"))
+
+
+def _print_summary(result) -> None:
+    console = Console()
+    provenance = result.provenance
+    table = Table(
+        title=f"{provenance['model']} / {provenance['suite']} "
+        f"(n={provenance['n']}, weights {result.table['weights'].iloc[0]})"
+    )
+    for column in ("metric", "value", "unit"):
+        table.add_column(column)
+    for row in _headline(result.table):
+        value = "-" if row["value"] is None else f"{row['value']:.2f}"
+        table.add_row(row["metric"], value, row["unit"])
+    console.print(table)
+    console.print(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
