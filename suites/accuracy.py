@@ -14,6 +14,7 @@ from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, te
 class AccuracySuite(Suite):
     name = "accuracy"
     description = "Top-1 / top-5 accuracy on the centre crop."
+    headline = ("top1", "top5")
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "top1": Metric("%", True, "top-1 accuracy", outcome=True),
         "top5": Metric("%", True, "top-5 accuracy", outcome=True),

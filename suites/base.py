@@ -62,6 +62,9 @@ class Suite(abc.ABC):
     metrics: ClassVar[dict[str, Metric]]
     # Columns that qualify a metric row (offset, corruption, ...), in table order.
     dimensions: ClassVar[tuple[str, ...]] = ()
+    # The metrics a comparison report leads with (undimensioned rows). An entry may be a
+    # tuple of alternatives: the first the run has is shown. Empty: every undimensioned row.
+    headline: ClassVar[tuple[str | tuple[str, ...], ...]] = ()
     # Parameters that say where data lives, not what is measured: two runs that differ
     # only in these still measure the same thing.
     locations: ClassVar[tuple[str, ...]] = ()

@@ -20,6 +20,7 @@ from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, te
 class DiagonalSuite(Suite):
     name = "diagonal"
     description = "Diagonal shift: accuracy and p(true class) against offset, wobble, flips."
+    headline = ("accuracy", "wobble", "flips")
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "accuracy": Metric(
             "%", True, "top-1 accuracy at this offset (all offsets if blank)", outcome=True

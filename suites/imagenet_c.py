@@ -34,6 +34,7 @@ CLEAN = "clean"
 class ImageNetCSuite(Suite):
     name = "imagenet-c"
     description = "ImageNet-C: corruption errors, CE, mCE (AlexNet-normalised), relative mCE."
+    headline = ("mce", "relative_mce", "clean_error")
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "error": Metric("%", False, "top-1 error on one cell", outcome=True),
         "top5_error": Metric(

@@ -37,6 +37,7 @@ from aabench.suites.base import RANK_COLUMNS, Metric, Suite, Views, not_computed
 class ImageNetPSuite(Suite):
     name = "imagenet-p"
     description = "ImageNet-P: flip probability and top-5 distance along perturbation sequences."
+    headline = (("mfr", "mean_flip_prob"), ("mt5d", "mean_top5_dist"))  # normalised first
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "flip_prob": Metric("%", False, "probability that the top-1 class flips between frames"),
         "top5_dist": Metric("ranks", False, "mean top-5 rank distance between frames (uT5D)"),

@@ -28,6 +28,7 @@ MODES = ("crop", "circular")
 class ShiftSuite(Suite):
     name = "shift"
     description = "Random-shift consistency: agreement of predictions on two shifted crops."
+    headline = ("consistency", "accuracy")
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "consistency": Metric("%", True, "pairs of shifted views with the same top-1"),
         "accuracy": Metric("%", True, "top-1 accuracy over all shifted views", outcome=True),
