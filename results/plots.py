@@ -33,6 +33,7 @@ SHIFT_BARS = "Random shift: consistency and accuracy"
 IMAGENET_C_ERROR = "ImageNet-C: error against severity"
 IMAGENET_C_CE = "ImageNet-C: corruption error (CE)"
 IMAGENET_P_FLIP = "ImageNet-P: flip probability"
+IMAGENET_P_TOP5 = "ImageNet-P: top-5 distance"
 
 # Columns that are not dimensions in a tidy table (published tables add `source`).
 _FIXED = frozenset((*TIDY_COLUMNS, "source"))
@@ -185,17 +186,21 @@ def imagenet_c_plots(source) -> list[Plot]:
 
 
 def imagenet_p_plots(source) -> list[Plot]:
-    """Flip probability per perturbation, one bar per run."""
+    """Flip probability and top-5 distance per perturbation, one bar per run."""
     runs = _runs(source)
-    flips = [
-        (index, run.label, rows)
-        for index, run in enumerate(runs)
-        if not (rows := _rows(run.table, "imagenet-p", "flip_prob", "perturbation")).empty
-    ]
-    if not flips:
-        return []
-    png = _bars_per_category(flips, "perturbation", "flip probability", IMAGENET_P_FLIP)
-    return [(IMAGENET_P_FLIP, png)]
+    plots = []
+    for metric, name, title in (
+        ("flip_prob", "flip probability", IMAGENET_P_FLIP),
+        ("top5_dist", "top-5 distance", IMAGENET_P_TOP5),
+    ):
+        found = [
+            (index, run.label, rows)
+            for index, run in enumerate(runs)
+            if not (rows := _rows(run.table, "imagenet-p", metric, "perturbation")).empty
+        ]
+        if found:
+            plots.append((title, _bars_per_category(found, "perturbation", name, title)))
+    return plots
 
 
 # --- helpers -------------------------------------------------------------------------

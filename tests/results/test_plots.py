@@ -20,6 +20,7 @@ from aabench.results.plots import (
     IMAGENET_C_CE,
     IMAGENET_C_ERROR,
     IMAGENET_P_FLIP,
+    IMAGENET_P_TOP5,
     SHIFT_BARS,
     all_plots,
     diagonal_plots,
@@ -28,7 +29,7 @@ from aabench.results.plots import (
     shift_plots,
 )
 from aabench.results.published import published_table
-from aabench.results.table import tidy_table
+from aabench.results.table import TIDY_COLUMNS, tidy_table
 from aabench.suites.accuracy import AccuracySuite
 from aabench.suites.diagonal import DiagonalSuite
 from aabench.suites.shift import ShiftSuite
@@ -98,18 +99,20 @@ def imagenet_c(label: str, scale: float = 1.0, ce: bool = True) -> RunTables:
     return RunTables(label, table)
 
 
-def imagenet_p(label: str, scale: float = 1.0) -> RunTables:
+def imagenet_p(label: str, scale: float = 1.0, top5: bool = True) -> RunTables:
+    """An imagenet-p table: flip_prob (and top5_dist) per perturbation, their means."""
     perturbations = ("gaussian_noise", "translate", "rotate")
-    table = pd.DataFrame(
-        {
-            "suite": "imagenet-p",
-            "metric": "flip_prob",
-            "perturbation": perturbations,
-            "value": [scale * v for v in (5.0, 3.0, 4.0)],
-            "unit": "%",
-            "higher_is_better": False,
-        }
-    )
+    flips, distances = (5.0, 3.0, 4.0), (2.0, 1.0, 1.5)
+    rows = [("flip_prob", p, scale * flips[i], "%") for i, p in enumerate(perturbations)]
+    rows.append(("mean_flip_prob", None, scale * 4.0, "%"))
+    if top5:
+        rows += [
+            ("top5_dist", p, scale * distances[i], "ranks") for i, p in enumerate(perturbations)
+        ]
+        rows.append(("mean_top5_dist", None, scale * 1.5, "ranks"))
+    table = pd.DataFrame(rows, columns=["metric", "perturbation", "value", "unit"])
+    table.insert(0, "suite", "imagenet-p")
+    table["higher_is_better"] = False
     return RunTables(label, table)
 
 
@@ -117,47 +120,58 @@ def compare(
     runs: list[RunTables],
     warnings: list[str] | None = None,
     statistics: bool = True,
+    unpaired: list[str] | None = None,
 ) -> Comparison:
-    """A fake of aabench.results.compare: align on (suite, metric, offset), a row per candidate."""
-    keys = ["suite", "metric", "offset"]
+    """A fake of aabench.results.compare: rows aligned on (suite, metric, dimensions), one
+    per candidate, with its columns (McNemar on top1, consistency and accuracy; families
+    of per-dimension tests Holm-corrected)."""
+    dimensions = [c for c in runs[0].table.columns if c not in (*TIDY_COLUMNS, "note", "source")]
 
     def keyed(table: pd.DataFrame) -> pd.DataFrame:
         table = table.copy()
-        if "offset" not in table.columns:
-            table["offset"] = pd.array([pd.NA] * len(table), dtype="Int64")
-        return table[[*keys, "unit", "higher_is_better", "value"]]
+        for column in (*dimensions, "n", "note"):
+            if column not in table.columns:
+                table[column] = pd.NA
+        parts = [table[d].map(lambda v: "" if pd.isna(v) else str(v)) for d in dimensions]
+        table["_key"] = ["|".join(values) for values in zip(*parts, strict=True)] or ""
+        return table
 
     reference = keyed(runs[0].table)
     frames = []
     for candidate in runs[1:]:
         merged = reference.merge(
-            keyed(candidate.table)[[*keys, "value"]], on=keys, suffixes=("_r", "_c")
+            keyed(candidate.table)[["suite", "metric", "_key", "value", "note"]],
+            on=["suite", "metric", "_key"],
+            how="left",
+            suffixes=("_r", "_c"),
         )
         frame = merged.rename(columns={"value_r": "reference_value", "value_c": "candidate_value"})
+        frame["note"] = frame["note_c"].where(frame["note_c"].notna(), frame["note_r"])
         frame["reference"] = runs[0].label
         frame["candidate"] = candidate.label
         frame["delta"] = frame["candidate_value"] - frame["reference_value"]
         sign = np.where(frame["higher_is_better"].astype(bool), 1.0, -1.0)
         frame["improved"] = (frame["delta"] * sign) > 0
-        if statistics:
-            paired = frame["metric"].isin(["top1", "consistency", "accuracy"])
-            frame["test"] = np.where(paired, "mcnemar", None)
-            frame["p_value"] = np.where(paired, 0.0004, np.nan)
-            frame["ci_low"] = np.where(paired, frame["delta"] - 0.5, np.nan)
-            frame["ci_high"] = np.where(paired, frame["delta"] + 0.5, np.nan)
-            frame["significant"] = [True if p else None for p in paired]
-        else:
-            frame["test"] = None
-            frame["p_value"] = np.nan
-            frame["ci_low"] = np.nan
-            frame["ci_high"] = np.nan
-            frame["significant"] = None
+        dimensioned = frame["_key"].str.strip("|") != ""
+        family = frame.groupby(["suite", "metric", dimensioned])["metric"].transform("size")
+        frame["family_size"] = np.where(dimensioned, family, 1)
+        frame["correction"] = np.where(frame["family_size"] > 1, "holm", None)
+        paired = frame["metric"].isin(["top1", "consistency", "accuracy"])
+        paired &= frame["candidate_value"].notna() & statistics
+        frame["test"] = np.where(paired, "mcnemar", None)
+        frame["p_value"] = np.where(paired, 0.0004, np.nan)
+        frame["p_adjusted"] = np.minimum(1.0, frame["p_value"] * frame["family_size"])
+        frame["ci_low"] = np.where(paired, frame["delta"] - 0.5, np.nan)
+        frame["ci_high"] = np.where(paired, frame["delta"] + 0.5, np.nan)
+        frame["significant"] = [
+            bool(p < 0.05) if s else None for p, s in zip(frame["p_adjusted"], paired, strict=True)
+        ]
         frames.append(frame)
     rows = pd.concat(frames, ignore_index=True)
     order = [
         "suite",
         "metric",
-        "offset",
+        *dimensions,
         "unit",
         "higher_is_better",
         "reference",
@@ -166,13 +180,20 @@ def compare(
         "candidate_value",
         "delta",
         "improved",
+        "n",
+        "note",
         "test",
         "p_value",
+        "family_size",
+        "correction",
+        "p_adjusted",
         "ci_low",
         "ci_high",
         "significant",
     ]
-    return Comparison(runs=runs, rows=rows[order], warnings=list(warnings or []))
+    comparison = Comparison(runs=runs, rows=rows[order], warnings=list(warnings or []))
+    comparison.unpaired = list(unpaired or [])
+    return comparison
 
 
 def pixel_size(png: bytes) -> tuple[int, int]:
@@ -243,10 +264,16 @@ def test_imagenet_c_from_the_published_alexnet_table():
     assert titles(plots) == [IMAGENET_C_ERROR, IMAGENET_C_CE]
 
 
-def test_imagenet_p_gives_flip_probability_bars():
+def test_imagenet_p_gives_flip_probability_and_top5_distance_bars():
     plots = all_plots([imagenet_p("resnet50"), imagenet_p("resnet50_aa", scale=0.9)])
+    assert titles(plots) == [IMAGENET_P_FLIP, IMAGENET_P_TOP5]
+    assert all(pixel_size(png)[1] == 400 for _, png in plots)
+    assert plots[0][1] != plots[1][1]
+
+
+def test_imagenet_p_without_top5_distance_gives_only_the_flip_bars():
+    plots = imagenet_p_plots([imagenet_p("a", top5=False), imagenet_p("b", top5=False)])
     assert titles(plots) == [IMAGENET_P_FLIP]
-    assert pixel_size(plots[0][1])[1] == 400
 
 
 def test_mixed_suites_in_one_comparison():
@@ -261,4 +288,5 @@ def test_mixed_suites_in_one_comparison():
         IMAGENET_C_ERROR,
         IMAGENET_C_CE,
         IMAGENET_P_FLIP,
+        IMAGENET_P_TOP5,
     ]
