@@ -4,7 +4,12 @@ The first run is the reference. Rows are aligned on (suite, metric, dimension co
 When both runs kept their samples files and saw the same images (same data
 fingerprint), each difference gets paired statistics over images: an exact McNemar test
 where the metric is one 0/1 outcome per image, and a seeded paired-bootstrap 95 %
-interval for every metric.
+interval (with a two-sided bootstrap p-value) for every metric.
+
+The per-dimension rows of one (candidate, suite, metric) -- 33 offsets, 15 corruptions --
+are one family of tests: their p-values are Holm-adjusted within it (``p_adjusted``,
+``family_size``, ``correction``) and ``significant`` is the adjusted decision at 5 %. A
+suite's overall row (blank dimensions) is a family of one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import pandas as pd
 
 from aabench.errors import UserError
 from aabench.results.load import RunData, load_directory, load_run
-from aabench.results.stats import mcnemar_exact, paired_bootstrap
+from aabench.results.stats import holm, mcnemar_exact, paired_bootstrap_test
 from aabench.suites.registry import available_suites
 
 SIGNIFICANCE = 0.05
@@ -34,6 +39,8 @@ class Comparison:
     runs: list[RunTables]
     rows: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    # One line per suite that could not be paired ("diagonal: only in runs/a; not compared").
+    unpaired: list[str] = field(default_factory=list)
 
 
 def mismatches(reference: RunData, candidate: RunData) -> list[str]:
@@ -88,6 +95,11 @@ def compare(
                 f"{'; '.join(problems)}; {fix}"
             )
         warnings += [f"{candidate.label} vs {reference.label}: {p}" for p in problems]
+    for run in runs:  # what the run itself warned about (random weights, ...)
+        for warning in (run.provenance or {}).get("warnings") or []:
+            line = f"{run.label}: {warning}"
+            if line not in warnings:
+                warnings.append(line)
     rows = pd.concat(
         [_compare_pair(reference, candidate, replicates, seed) for candidate in runs[1:]],
         ignore_index=True,
@@ -127,8 +139,11 @@ def _compare_pair(
     ref = reference.table.assign(_key=dimension_key(reference.table, dims))
     cand = candidate.table.assign(_key=dimension_key(candidate.table, dims))
     # Every reference row stays: a row the candidate lacks shows (and gates) as missing.
+    for table in (ref, cand):
+        if "note" not in table:
+            table["note"] = None
     merged = ref.merge(
-        cand[["suite", "metric", "_key", "value"]],
+        cand[["suite", "metric", "_key", "value", "n", "note"]].assign(_found=True),
         on=["suite", "metric", "_key"],
         how="left",
         suffixes=("_ref", "_cand"),
@@ -153,21 +168,98 @@ def _compare_pair(
     rows["delta"] = rows["candidate_value"] - rows["reference_value"]
     direction = np.where(rows["higher_is_better"], 1.0, -1.0)
     rows["improved"] = rows["delta"] * direction > 0
-    statistics = paired_statistics(reference, candidate, replicates, seed)
+    rows["reference_n"] = _integers(merged["n_ref"])
+    rows["candidate_n"] = _integers(merged["n_cand"])
+    rows["note"] = [
+        _note(ref_note, cand_note, found, candidate.label)
+        for ref_note, cand_note, found in zip(
+            merged["note_ref"], merged["note_cand"], merged["_found"], strict=True
+        )
+    ]
+    statistics, reason = paired_statistics_or_reason(reference, candidate, replicates, seed)
     empty = {
         "test": None,
         "p_value": np.nan,
         "ci_low": np.nan,
         "ci_high": np.nan,
-        "significant": None,
+        "n": None,
     }
     looked_up = [
         statistics.get((metric, key), empty) if statistics else empty
         for metric, key in zip(merged["metric"], merged["_key"], strict=True)
     ]
-    for column in empty:
+    for column in ("test", "p_value", "ci_low", "ci_high"):
         rows[column] = [entry[column] for entry in looked_up]
+    # n: the images both runs share -- those paired image by image, else the tables' n
+    # where both say the same.
+    same_n = [
+        int(a) if not pd.isna(a) and not pd.isna(b) and a == b else None
+        for a, b in zip(rows["reference_n"], rows["candidate_n"], strict=True)
+    ]
+    rows["n"] = pd.array(
+        [
+            entry["n"] if entry["n"] is not None else n
+            for entry, n in zip(looked_up, same_n, strict=True)
+        ],
+        dtype="Int64",
+    )
+    rows["no_statistics"] = [
+        "" if entry["test"] else (reason or "no paired test for this row") for entry in looked_up
+    ]
+    _adjust(rows, dims)
     return rows.reset_index(drop=True)
+
+
+def _integers(values: pd.Series) -> pd.Series:
+    return pd.array(pd.to_numeric(values, errors="coerce").round(), dtype="Int64")
+
+
+def _text(value) -> str:
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _note(ref_note, cand_note, found, candidate_label: str) -> str:
+    """Why a value is missing, from the reference's and the candidate's rows."""
+    ref_note, cand_note = _text(ref_note), _text(cand_note)
+    if found is not True:
+        cand_note = f"{candidate_label} has no such row"
+    if ref_note and cand_note and ref_note != cand_note:
+        return f"reference: {ref_note}; candidate: {cand_note}"
+    return ref_note or cand_note
+
+
+def _adjust(rows: pd.DataFrame, dims: list[str]) -> None:
+    """Holm within each family: the per-dimension rows of one (candidate, suite, metric);
+    an overall row is a family of one. ``significant``: adjusted p < 5 % (None: no test)."""
+    p_adjusted = np.full(len(rows), np.nan)
+    family_size = np.zeros(len(rows), dtype=int)
+    dimensioned = (
+        rows[dims].notna().any(axis=1).to_numpy() if dims else np.zeros(len(rows), dtype=bool)
+    )
+    tested = rows["p_value"].notna().to_numpy()
+    positions = np.arange(len(rows))
+    for (_, _, _, per_dimension), group in pd.DataFrame(
+        {
+            "candidate": rows["candidate"].to_numpy(),
+            "suite": rows["suite"].to_numpy(),
+            "metric": rows["metric"].to_numpy(),
+            "per_dimension": dimensioned,
+            "position": positions,
+        }
+    ).groupby(["candidate", "suite", "metric", "per_dimension"], sort=False):
+        members = group["position"].to_numpy()
+        members = members[tested[members]]
+        families = [members] if per_dimension else [[m] for m in members]
+        for family in families:
+            family = np.asarray(family, dtype=int)
+            p_adjusted[family] = holm(rows["p_value"].to_numpy()[family])
+            family_size[family] = len(family)
+    rows["p_adjusted"] = p_adjusted
+    rows["family_size"] = family_size
+    rows["correction"] = np.where(family_size > 1, "holm", "")
+    rows["significant"] = [
+        bool(p < SIGNIFICANCE) if t else None for p, t in zip(p_adjusted, tested, strict=True)
+    ]
 
 
 def paired_statistics(
@@ -175,18 +267,29 @@ def paired_statistics(
 ) -> dict[tuple[str, str], dict] | None:
     """Paired tests by (metric, dimension key), or None when the runs cannot be paired
     image by image."""
-    if reference.provenance is None or candidate.provenance is None:
-        return None
+    return paired_statistics_or_reason(reference, candidate, replicates, seed)[0]
+
+
+def paired_statistics_or_reason(
+    reference: RunData, candidate: RunData, replicates: int, seed: int
+) -> tuple[dict[tuple[str, str], dict] | None, str]:
+    """:func:`paired_statistics` and, when there are none, why not (a short phrase)."""
+    for run in (reference, candidate):
+        if run.source is not None:
+            return None, "published numbers have no per-image samples"
+        if run.provenance is None:
+            return None, f"{run.label} has no provenance file"
     if reference.provenance.get("data", {}).get("fingerprint") != candidate.provenance.get(
         "data", {}
     ).get("fingerprint"):
-        return None
+        return None, "the runs saw different data"
+    for run in (reference, candidate):
+        if run.samples_path is None:
+            return None, f"{run.label} has no samples file"
     samples_ref, samples_cand = reference.samples(), candidate.samples()
-    if samples_ref is None or samples_cand is None:
-        return None
     suite_class = available_suites().get(reference.suite)
     if suite_class is None:
-        return None
+        return None, f"unknown suite {reference.suite}"
     suite_ref = suite_class.from_provenance(reference.provenance)
     suite_cand = suite_class.from_provenance(candidate.provenance)
     dims = list(suite_class.dimensions)
@@ -197,20 +300,24 @@ def paired_statistics(
     (num_a, den_a), (num_b, den_b) = matrices
     images = num_a.index.intersection(num_b.index)
     metrics = num_a.columns.intersection(num_b.columns)
-    if len(images) == 0 or len(metrics) == 0:
-        return None
+    if len(images) == 0:
+        return None, "the runs share no image"
+    if len(metrics) == 0:
+        return None, "the runs share no per-image terms"
     aligned = [m.loc[images, metrics].to_numpy() for m in (num_a, den_a, num_b, den_b)]
     scale = np.array([suite_class.metrics[metric].scale for metric, _ in metrics])
-    low, high = paired_bootstrap(*aligned, scale=scale, replicates=replicates, seed=seed)
+    low, high, p_boot = paired_bootstrap_test(
+        *aligned, scale=scale, replicates=replicates, seed=seed
+    )
     statistics = {}
     for index, (metric, key) in enumerate(metrics):
         outcome_a, outcome_b = aligned[0][:, index], aligned[2][:, index]
         entry = {
             "test": "bootstrap",
-            "p_value": np.nan,
+            "p_value": float(p_boot[index]),
             "ci_low": float(low[index]),
             "ci_high": float(high[index]),
-            "significant": bool(low[index] > 0 or high[index] < 0),
+            "n": len(images),
         }
         binary = suite_class.metrics[metric].outcome and all(
             np.all(den == 1) and np.all((num == 0) | (num == 1))
@@ -220,9 +327,9 @@ def paired_statistics(
             only_a = int(np.sum((outcome_a == 1) & (outcome_b == 0)))
             only_b = int(np.sum((outcome_a == 0) & (outcome_b == 1)))
             p_value = mcnemar_exact(only_a, only_b)
-            entry.update(test="mcnemar", p_value=p_value, significant=p_value < SIGNIFICANCE)
+            entry.update(test="mcnemar", p_value=p_value)
         statistics[(metric, key)] = entry
-    return statistics
+    return statistics, ""
 
 
 def _per_image(terms: pd.DataFrame, dims: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -234,12 +341,26 @@ def _per_image(terms: pd.DataFrame, dims: list[str]) -> tuple[pd.DataFrame, pd.D
     return num, den
 
 
+@dataclass
+class Pairing:
+    """The tables to compare, grouped by suite, and a line per suite left out."""
+
+    groups: list[list[RunData]]
+    unpaired: list[str] = field(default_factory=list)
+
+
 def load_runs(paths: list[str], every_reference_suite: bool = False) -> list[list[RunData]]:
     """Tables to compare, grouped by suite: files (one suite) or run directories (every
     suite the directories share). The first path is the reference; with
     ``every_reference_suite`` (the gate) a suite the reference has and another lacks is
     an error, not skipped."""
+    return pair_runs(paths, every_reference_suite).groups
 
+
+def pair_runs(paths: list[str], every_reference_suite: bool = False) -> Pairing:
+    """:func:`load_runs`, also naming each suite that only some directories have
+    ("diagonal: only in runs/resnet18_aa; not compared")."""
+    unpaired: list[str] = []
     kinds = {Path(p).is_dir() for p in paths}
     if kinds == {True}:
         directories = [load_directory(p) for p in paths]
@@ -256,13 +377,18 @@ def load_runs(paths: list[str], every_reference_suite: bool = False) -> list[lis
                 "for both models"
             )
         groups = [[d[suite] for d in directories] for suite in shared]
+        every = [suite for d in directories for suite in d]
+        for suite in dict.fromkeys(every):
+            if suite not in shared:
+                having = [p for p, d in zip(paths, directories, strict=True) if suite in d]
+                unpaired.append(f"{suite}: only in {', '.join(having)}; not compared")
     elif kinds == {False}:
         groups = [[load_run(p) for p in paths]]
     else:
         raise UserError("pass either tables (<suite>.csv) or run directories, not a mix")
     for group in groups:
         _distinct_labels(group)
-    return groups
+    return Pairing(groups, unpaired)
 
 
 def _distinct_labels(runs: list[RunData]) -> None:
@@ -284,8 +410,10 @@ def compare_groups(
     metrics: list[str] | None = None,
     replicates: int = 1000,
     seed: int = 0,
+    unpaired: list[str] | None = None,
 ) -> Comparison:
-    """One comparison over several suites (run directories): rows of every suite."""
+    """One comparison over several suites (run directories): rows of every suite.
+    ``unpaired``: the suites left out (see :func:`pair_runs`), kept on the result."""
     parts = [
         compare(group, allow_mismatch=allow_mismatch, replicates=replicates, seed=seed)
         for group in groups
@@ -306,7 +434,8 @@ def compare_groups(
         )
         for index in range(len(groups[0]))
     ]
-    return Comparison(runs=runs, rows=rows, warnings=[w for part in parts for w in part.warnings])
+    warnings = list(dict.fromkeys(w for part in parts for w in part.warnings))
+    return Comparison(runs=runs, rows=rows, warnings=warnings, unpaired=list(unpaired or []))
 
 
 def dimension_columns(groups: list[list[RunData]]) -> list[str]:

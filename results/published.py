@@ -66,6 +66,28 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def with_published(name: str, groups: list[list[RunData]]) -> tuple[list[list[RunData]], list[str]]:
+    """Each suite group with the published numbers of ``name`` first, as its reference.
+
+    A suite without published numbers for its model is left out and named ("imagenet-p:
+    no published numbers for resnet18_aa in antialiased-cnns; not compared"); an error
+    only when no suite has any.
+    """
+    kept, skipped, reasons = [], [], []
+    for group in groups:
+        try:
+            kept.append([published_reference(name, group[0]), *group])
+        except UserError as error:
+            model = str(group[0].table["model"].iloc[0]) if len(group[0].table) else "?"
+            skipped.append(
+                f"{group[0].suite}: no published numbers for {model} in {name}; not compared"
+            )
+            reasons.append(str(error))
+    if not kept:
+        raise UserError("; ".join(dict.fromkeys(reasons)))
+    return kept, skipped
+
+
 def published_reference(name: str, run: RunData) -> RunData:
     """The published rows for ``run``'s model and suite, as a reference to compare with.
 

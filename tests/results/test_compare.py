@@ -201,9 +201,15 @@ def test_shift_metrics_get_a_bootstrap_interval(tmp_path):
         # consistency is 0/1 per image here but no outcome metric; accuracy has two views
         # per image: neither is a McNemar case.
         assert found["test"] == "bootstrap"
-        assert math.isnan(found["p_value"])
+        # An overall row is a family of one: no correction, the p-value decides.
+        assert 2 / 501 <= found["p_value"] <= 1.0
+        assert (found["family_size"], found["correction"]) == (1, "")
+        assert found["p_adjusted"] == found["p_value"]
         assert found["ci_low"] <= found["delta"] <= found["ci_high"]
+        assert flag(found["significant"]) is bool(found["p_value"] < 0.05)
+        # Same replicates: the interval excludes zero exactly when the p-value rejects here.
         assert flag(found["significant"]) is bool(found["ci_low"] > 0 or found["ci_high"] < 0)
+        assert found["n"] == images
 
 
 def test_bootstrap_significance_of_a_certain_and_of_no_difference(tmp_path):
