@@ -1,10 +1,20 @@
 """Where the time goes: the model's forward-only throughput (the ceiling), the data
 pipeline alone (decode + views, no model), and the suite end to end, all in views per
-second on the same device, batch size and thread count, measured in one process."""
+second on the same device, batch size and thread count, measured in one process.
+
+``seconds`` is the budget of the whole measurement: each of the three phases gets a
+third of it, counted from the phase's start (its warm-up and model preparation
+included), and stops at the first check past its deadline. Each phase runs at least one
+batch, so a phase's rate is always measured: views it actually ran over the time it
+actually spent running them. ``images`` only caps the pipeline and end-to-end phases.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -13,6 +23,7 @@ from torch.utils.data import DataLoader
 from aabench.data.folder import ImageFolder
 from aabench.engine import (
     EngineOptions,
+    Hooks,
     PreparedModel,
     ViewDataset,
     _collate,
@@ -20,17 +31,53 @@ from aabench.engine import (
     evaluate,
     resolve_device,
 )
+from aabench.errors import UserError
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import Suite
 
+PHASES = ("forward-only", "pipeline-only", "end-to-end")
+Clock = Callable[[], float]
 
-@dataclass
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """What one phase ran: ``views`` in ``seconds`` (of ``images`` images, where the
+    phase reads images)."""
+
+    name: str
+    views: int
+    seconds: float
+    images: int | None = None
+
+    @property
+    def views_per_second(self) -> float:
+        return self.views / self.seconds if self.seconds > 0 else math.nan
+
+
+@dataclass(frozen=True)
 class BenchResult:
-    forward_views_per_second: float
-    pipeline_views_per_second: float
-    end_to_end_views_per_second: float
-    images: int
+    forward: PhaseResult
+    pipeline: PhaseResult
+    end_to_end: PhaseResult
     views_per_image: int
+    seconds_per_phase: float
+
+    @property
+    def images(self) -> int:
+        """Images the end-to-end phase finished (at most ``--images``)."""
+        return self.end_to_end.images or 0
+
+    @property
+    def forward_views_per_second(self) -> float:
+        return self.forward.views_per_second
+
+    @property
+    def pipeline_views_per_second(self) -> float:
+        return self.pipeline.views_per_second
+
+    @property
+    def end_to_end_views_per_second(self) -> float:
+        return self.end_to_end.views_per_second
 
     @property
     def end_to_end_over_forward(self) -> float:
@@ -41,6 +88,93 @@ class BenchResult:
         return self.pipeline_views_per_second / self.forward_views_per_second
 
 
+def check_budget(seconds: float, images: int) -> None:
+    """Refuse a budget that measures nothing (called by the CLI before loading a model)."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(
+            f"--seconds must be a positive number of seconds, got {seconds}: it is the "
+            "time budget of the whole bench (a third per phase)"
+        )
+    if images < 1:
+        raise UserError(
+            f"--images must be at least 1, got {images}: it caps the images of the "
+            "pipeline and end-to-end phases"
+        )
+
+
+class Deadline:
+    """The end of a phase. ``passed`` is the only place the clock is read, once per
+    check, so a test's clock decides exactly how many batches a phase runs."""
+
+    def __init__(self, seconds: float, clock: Clock):
+        self.clock = clock
+        self.start = self.now = clock()
+        self.end = self.start + seconds
+
+    def passed(self) -> bool:
+        self.now = self.clock()
+        return self.now >= self.end
+
+    @property
+    def elapsed(self) -> float:
+        """Time used at the last check."""
+        return self.now - self.start
+
+
+class PhaseDisplay:
+    """Progress on stderr, one phase at a time: in a terminal a live bar (the phase's
+    share of the budget used, views so far), elsewhere (a log) a line when it starts;
+    for every phase a line with its result when it ends. Silent when ``quiet``."""
+
+    def __init__(self, quiet: bool, share: float):
+        self.quiet, self.share = quiet, share
+        if not quiet:
+            from rich.console import Console
+
+            self.console = Console(stderr=True, highlight=False)
+
+    @contextmanager
+    def phase(self, name: str, deadline: Deadline) -> Iterator[Callable[[int | None], None]]:
+        """Yields ``tick(views)``: call it after each check of ``deadline``."""
+        if self.quiet:
+            yield lambda views=None: None
+            return
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        if not self.console.is_terminal:  # a log: no live bar, a line to say what runs
+            self.console.print(f"bench: {name}: running (up to {self.share:.1f} s)")
+            yield lambda views=None: None
+            return
+        bar = Progress(
+            TextColumn(f"[bold]bench: {name}"),
+            BarColumn(),
+            TextColumn("{task.completed:.1f}/{task.total:.1f} s"),
+            TextColumn("{task.fields[views]}"),
+            console=self.console,
+            transient=True,
+        )
+        task = bar.add_task(name, total=self.share, views="")
+        seen = {"views": 0}
+
+        def tick(views: int | None = None) -> None:
+            if views is not None:
+                seen["views"] = views
+            shown = f"{seen['views']} views" if views is not None or seen["views"] else ""
+            bar.update(task, completed=min(deadline.elapsed, self.share), views=shown)
+
+        with bar:
+            yield tick
+
+    def done(self, result: PhaseResult) -> None:
+        if self.quiet:
+            return
+        images = f" ({result.images} images)" if result.images is not None else ""
+        self.console.print(
+            f"bench: {result.name}: {result.views} views{images} in {result.seconds:.2f} s"
+            f" = {result.views_per_second:.1f} views/s"
+        )
+
+
 def repeat_to(folder: ImageFolder, images: int) -> ImageFolder:
     """The folder's images cycled to ``images`` entries (a small set is decoded again)."""
     samples = [folder.samples[i % len(folder.samples)] for i in range(images)]
@@ -48,9 +182,13 @@ def repeat_to(folder: ImageFolder, images: int) -> ImageFolder:
 
 
 def forward_only(
-    model: LoadedModel, device: torch.device, options: EngineOptions, seconds: float
-) -> float:
-    """Views/s of the model alone on a resident, already normalised batch."""
+    model: LoadedModel,
+    device: torch.device,
+    options: EngineOptions,
+    deadline: Deadline,
+    tick: Callable[[int | None], None] = lambda views=None: None,
+) -> PhaseResult:
+    """The model alone on a resident, already normalised batch, until ``deadline``."""
     prepared = PreparedModel(model, device, options)
     size = model.preprocessing.crop_size
     x = torch.randn(options.batch_size, 3, size, size, device=device)
@@ -69,17 +207,29 @@ def forward_only(
         step()
     _synchronise(device)
     count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while True:
         step()
         count += 1
+        stop = deadline.passed()
+        tick(count * options.batch_size)
+        if stop:
+            break
     _synchronise(device)
-    return count * options.batch_size / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return PhaseResult(PHASES[0], count * options.batch_size, seconds)
 
 
 def pipeline_only(
-    model: LoadedModel, suite: Suite, folder: ImageFolder, options: EngineOptions, seed: int
-) -> float:
-    """Views/s of decoding and cutting views in the DataLoader workers, no model."""
+    model: LoadedModel,
+    suite: Suite,
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int,
+    deadline: Deadline,
+    tick: Callable[[int | None], None] = lambda views=None: None,
+) -> PhaseResult:
+    """Decoding and cutting views in the DataLoader workers, no model, until
+    ``deadline`` or the end of ``folder``."""
     per_image = max(1, suite.views_per_image())
     loader = DataLoader(
         ViewDataset(folder, suite, model, seed),
@@ -88,10 +238,41 @@ def pipeline_only(
         collate_fn=_collate,
         worker_init_fn=_worker_init if options.worker_count else None,
     )
-    views, start = 0, time.perf_counter()
+    views = images = 0
+    start = time.perf_counter()
     for items in loader:
         views += sum(item["views"].shape[0] for item in items if "views" in item)
-    return views / (time.perf_counter() - start)
+        images += len(items)
+        stop = deadline.passed()
+        tick(views)
+        if stop:
+            break
+    seconds = time.perf_counter() - start
+    return PhaseResult(PHASES[1], views, seconds, images)
+
+
+def end_to_end(
+    model: LoadedModel,
+    suite: Suite,
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int,
+    device: torch.device,
+    deadline: Deadline,
+    tick: Callable[[int | None], None] = lambda views=None: None,
+) -> PhaseResult:
+    """The engine's own evaluation loop, stopped cleanly at ``deadline``: the views it
+    had queued are run, and its views and seconds are those it really did and spent."""
+
+    def stop() -> bool:
+        passed = deadline.passed()
+        tick(None)
+        return passed
+
+    evaluation = evaluate(
+        model, suite, folder, options, seed=seed, device=device, hooks=Hooks(stop=stop)
+    )
+    return PhaseResult(PHASES[2], evaluation.views, evaluation.seconds, evaluation.images)
 
 
 def _synchronise(device: torch.device) -> None:
@@ -107,17 +288,38 @@ def bench(
     images: int = 64,
     seconds: float = 10.0,
     seed: int = 0,
+    quiet: bool = True,
+    clock: Clock = time.perf_counter,
 ) -> BenchResult:
+    """The three phases in turn, each within a third of ``seconds`` (by ``clock``);
+    progress on stderr unless ``quiet``."""
+    check_budget(seconds, images)
     device = resolve_device(options.device)
     folder = repeat_to(folder, images)
-    quiet = replace(options, quiet=True, skip_bad_images=False)
-    forward = forward_only(model, device, quiet, seconds)
-    pipeline = pipeline_only(model, suite, folder, quiet, seed)
-    evaluation = evaluate(model, suite, folder, quiet, seed=seed, device=device)
+    engine_options = replace(options, quiet=True, skip_bad_images=False)
+    share = seconds / len(PHASES)
+    display = PhaseDisplay(quiet, share)
+
+    def run(name: str, measure: Callable[..., PhaseResult]) -> PhaseResult:
+        deadline = Deadline(share, clock)
+        with display.phase(name, deadline) as tick:
+            result = measure(deadline, tick)
+        display.done(result)
+        return result
+
+    forward = run(PHASES[0], lambda d, tick: forward_only(model, device, engine_options, d, tick))
+    pipeline = run(
+        PHASES[1],
+        lambda d, tick: pipeline_only(model, suite, folder, engine_options, seed, d, tick),
+    )
+    evaluation = run(
+        PHASES[2],
+        lambda d, tick: end_to_end(model, suite, folder, engine_options, seed, device, d, tick),
+    )
     return BenchResult(
-        forward_views_per_second=forward,
-        pipeline_views_per_second=pipeline,
-        end_to_end_views_per_second=evaluation.views_per_second,
-        images=evaluation.images,
+        forward=forward,
+        pipeline=pipeline,
+        end_to_end=evaluation,
         views_per_image=suite.views_per_image(),
+        seconds_per_phase=share,
     )

@@ -119,11 +119,14 @@ class Hooks:
     ``save`` receives the images finished since its last call: every ``save_every``
     seconds, at the end, and when the run stops on an exception (Ctrl-C included), so
     finished work survives. ``poll`` may raise to stop the run (another rank failed).
+    ``stop`` returning True ends the run early and cleanly (a deadline): the views
+    already queued are run, and the result holds exactly the images finished.
     """
 
     save: Callable[[Part], None] | None = None
     save_every: float = 60.0
     poll: Callable[[], None] | None = None
+    stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -418,6 +421,8 @@ def evaluate(
                 advance(batcher.run_full_batches() / per_image)
                 if hooks.poll:
                     hooks.poll()
+                if hooks.stop and hooks.stop():
+                    break
                 if hooks.save and time.monotonic() - saved >= hooks.save_every:
                     take()
                     saved = time.monotonic()

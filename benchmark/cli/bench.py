@@ -30,8 +30,19 @@ def bench_command(
     weights: str = WEIGHTS,
     weights_dir: str = WEIGHTS_DIR,
     data: str = DATA,
-    images: int = typer.Option(64, "--images", help="Images to run end to end (cycled)."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Duration of the forward-only run."),
+    images: int = typer.Option(
+        64,
+        "--images",
+        help="At most this many images (the data cycled) for the pipeline-only and "
+        "end-to-end phases; a phase that reaches its deadline first stops there.",
+    ),
+    seconds: float = typer.Option(
+        10.0,
+        "--seconds",
+        help="Time budget of the whole bench: a third for each phase (forward-only, "
+        "pipeline-only, end-to-end), warm-up included; each phase runs at least one "
+        "batch. Loading the model and scanning --data come before and are not counted.",
+    ),
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
     workers: int = WORKERS,
@@ -41,7 +52,15 @@ def bench_command(
     assignments: list[str] = SET,
     as_json: bool = JSON,
 ) -> None:
-    """Measure forward-only, pipeline-only and end-to-end throughput (views/s)."""
+    """Measure forward-only, pipeline-only and end-to-end throughput (views/s).
+
+    Progress goes to stderr (none with --json); the rates are views actually run over
+    the time actually spent, phase by phase.
+    """
+    from aabench.bench import check_budget
+
+    check_budget(seconds, images)  # before torch and the model load
+
     import torch
 
     from aabench.bench import bench
@@ -62,7 +81,9 @@ def bench_command(
     )
     loaded = create_model(model, weights=weights, weights_dir_path=weights_dir)
     folder = open_image_folder(data)
-    result = bench(loaded, suite_object, folder, options, images=images, seconds=seconds)
+    result = bench(
+        loaded, suite_object, folder, options, images=images, seconds=seconds, quiet=as_json
+    )
     report = {
         "model": model,
         "suite": suite,
@@ -73,6 +94,14 @@ def bench_command(
         "workers": options.worker_count,
         "images": result.images,
         "views_per_image": result.views_per_image,
+        "seconds_per_phase": result.seconds_per_phase,
+        "forward_views": result.forward.views,
+        "forward_seconds": result.forward.seconds,
+        "pipeline_images": result.pipeline.images,
+        "pipeline_views": result.pipeline.views,
+        "pipeline_seconds": result.pipeline.seconds,
+        "end_to_end_views": result.end_to_end.views,
+        "end_to_end_seconds": result.end_to_end.seconds,
         "forward_views_per_second": result.forward_views_per_second,
         "pipeline_views_per_second": result.pipeline_views_per_second,
         "end_to_end_views_per_second": result.end_to_end_views_per_second,

@@ -1,6 +1,7 @@
 import json
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -30,15 +31,33 @@ def test_repeat_to_cycles_the_images():
     assert [s.path for s in repeated.samples[5:10]] == [s.path for s in folder.samples]
 
 
+class TickingClock:
+    """A clock that moves ``step`` seconds every time it is read."""
+
+    def __init__(self, step: float):
+        self.step, self.now = step, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+SHIFT = ShiftSuite(max_shift=8, epochs=1)  # 2 views per image
+OPTIONS = EngineOptions(device="cpu", batch_size=4, workers=0)  # 2 images per loader batch
+
+
 def test_bench_measures_three_positive_rates():
     torch.manual_seed(0)
+    # 100 checks per phase: more than the 3 loader batches of 6 images, so the
+    # pipeline and end-to-end phases finish the cap.
     result = bench(
         tiny_model(),
-        ShiftSuite(max_shift=8, epochs=1),
+        SHIFT,
         open_image_folder("sample"),
-        EngineOptions(device="cpu", batch_size=4, workers=0),
+        OPTIONS,
         images=6,
-        seconds=0.2,
+        seconds=3.0,
+        clock=TickingClock(0.01),
     )
     rates = [
         result.forward_views_per_second,
@@ -47,7 +66,99 @@ def test_bench_measures_three_positive_rates():
     ]
     assert all(math.isfinite(rate) and rate > 0 for rate in rates)
     assert (result.images, result.views_per_image) == (6, 2)
+    assert (result.pipeline.images, result.pipeline.views, result.end_to_end.views) == (6, 12, 12)
+    assert result.forward.views == 4 * 100  # one step per check until the deadline
     assert result.end_to_end_over_forward == rates[2] / rates[0]
+    for phase in (result.forward, result.pipeline, result.end_to_end):
+        assert phase.views_per_second == phase.views / phase.seconds
+
+
+def test_each_phase_stops_at_its_deadline_after_one_batch():
+    # Every read of the clock passes the phase's deadline (a third of 3 s): each phase
+    # runs its one obligatory batch and stops, far below the cap of 40 images.
+    result = bench(
+        tiny_model(),
+        SHIFT,
+        open_image_folder("sample"),
+        OPTIONS,
+        images=40,
+        seconds=3.0,
+        clock=TickingClock(1.0),
+    )
+    assert result.seconds_per_phase == 1.0
+    assert result.forward.views == 4
+    assert (result.pipeline.images, result.pipeline.views) == (2, 4)
+    assert (result.end_to_end.images, result.end_to_end.views) == (2, 4)
+
+
+def test_the_end_to_end_deadline_keeps_exactly_the_finished_images():
+    # A deadline passed at the third check: three loader batches of 2 images.
+    clock = iter([0.0, 0.0, 0.0, 9.0])
+    stops = []
+
+    def stop_clock() -> float:
+        value = next(clock)
+        stops.append(value)
+        return value
+
+    evaluation = bench_end_to_end(stop_clock)
+    assert (evaluation.images, evaluation.views) == (6, 12)
+    assert stops == [0.0, 0.0, 0.0, 9.0]
+
+
+def bench_end_to_end(clock):
+    from aabench.bench import Deadline, end_to_end, repeat_to
+
+    folder = repeat_to(open_image_folder("sample"), 20)
+    return end_to_end(
+        tiny_model(), SHIFT, folder, OPTIONS, 0, torch.device("cpu"), Deadline(1.0, clock)
+    )
+
+
+def test_progress_on_stderr_for_every_phase(capsys):
+    bench(
+        tiny_model(),
+        SHIFT,
+        open_image_folder("sample"),
+        OPTIONS,
+        images=4,
+        seconds=3.0,
+        quiet=False,
+        clock=TickingClock(1.0),
+    )
+    err = capsys.readouterr().err.splitlines()
+    for phase in ("forward-only", "pipeline-only", "end-to-end"):
+        assert f"bench: {phase}: running (up to 1.0 s)" in err
+        assert [line for line in err if line.startswith(f"bench: {phase}: 4 views")], err
+
+
+def test_quiet_bench_prints_nothing(capsys):
+    bench(
+        tiny_model(),
+        SHIFT,
+        open_image_folder("sample"),
+        OPTIONS,
+        images=2,
+        seconds=3.0,
+        clock=TickingClock(1.0),
+    )
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "text"),
+    [
+        ("--seconds", "0", "--seconds must be a positive number of seconds, got 0.0"),
+        ("--seconds", "-1", "--seconds must be a positive number of seconds, got -1.0"),
+        ("--seconds", "nan", "--seconds must be a positive number of seconds, got nan"),
+        ("--images", "0", "--images must be at least 1, got 0"),
+    ],
+)
+def test_bench_refuses_a_budget_that_measures_nothing(cli, option, value, text):
+    code, out, err = cli("bench", "--model", "no_such_model", option, value)
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"aabench: error: {text}") and err.count("\n") == 1
 
 
 def test_bench_json_has_the_three_rates(cli):
@@ -72,6 +183,7 @@ def test_bench_json_has_the_three_rates(cli):
         "--json",
     )
     assert code == 0, err
+    assert err == ""  # no progress under --json
     report = json.loads(out)
     for key in (
         "forward_views_per_second",
