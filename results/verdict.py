@@ -2,13 +2,13 @@
 
     better (McNemar p=0.003, n=500)
     worse (bootstrap p=0.002, 95% CI [-1.20, -0.31], n=500)
-    better (McNemar p=0.012, Holm-adjusted over 33 tests, n=500)
+    better (McNemar p=0.012, Holm over 33, n=500)
     no significant difference (bootstrap 95% CI [-0.40, +0.90], n=5)
     no paired statistics (published numbers have no per-image samples)
     not compared (needs every severity of its corruptions; missing 5 cells (...))
 
-Direction comes from ``higher_is_better``; a p-value shown is the adjusted one when the
-row's family has more than one test.
+Direction comes from ``higher_is_better``. "Holm over 33": the row is one of 33 tests of
+its family (the per-dimension rows of one metric) and the p shown is Holm-adjusted.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _details(row: Mapping, test: str) -> str:
         interval = f"95% CI {format_interval(row.get('ci_low'), row.get('ci_high'))}"
         parts.append(interval if parts else f"{name} {interval}")
     if holm:
-        parts.append(f"Holm-adjusted over {family} tests")
+        parts.append(f"Holm over {family}")
     n = row.get("n")
     if not _missing(n):
         parts.append(f"n={int(n)}")

@@ -37,13 +37,15 @@ def compare_command(
     as_json: bool = JSON,
 ) -> None:
     """Compare runs: aligned values, deltas, and whether each difference is real."""
-    from aabench.results.compare import compare_groups, dimension_columns, load_runs
+    from aabench.results.compare import compare_groups, dimension_columns, pair_runs
 
-    groups = load_runs(paths)
+    pairing = pair_runs(paths)
+    groups, unpaired = pairing.groups, list(pairing.unpaired)
     if published:
-        from aabench.results.published import published_reference
+        from aabench.results.published import with_published
 
-        groups = [[published_reference(published, group[0]), *group] for group in groups]
+        groups, skipped = with_published(published, groups)
+        unpaired += skipped
     elif len(paths) < 2:
         raise UserError("compare needs two or more tables or run directories (or --published)")
     comparison = compare_groups(
@@ -52,6 +54,7 @@ def compare_command(
         metrics=metric or None,
         replicates=bootstrap,
         seed=seed,
+        unpaired=unpaired,
     )
     dims = dimension_columns(groups)
     if out is not None:
@@ -59,54 +62,101 @@ def compare_command(
 
         write_report(comparison, out)
     if as_json:
-        typer.echo(comparison.rows.to_json(orient="records", indent=1))
+        typer.echo(comparison_json(comparison))
         return
     _print_comparison(comparison, dims, all_rows)
     if out is not None:
         Console().print(f"report: {out}")
 
 
-def _print_comparison(comparison, dims: list[str], all_rows: bool) -> None:
-    console = Console()
-    for warning in comparison.warnings:
+def comparison_json(comparison) -> str:
+    """The rows (with ``note``, ``n``, Holm columns and the verdict) as a JSON list."""
+    from aabench.results.verdict import verdict
+
+    rows = comparison.rows.assign(verdict=[verdict(row) for _, row in comparison.rows.iterrows()])
+    return rows.to_json(orient="records", indent=1)
+
+
+def _print_comparison(comparison, dims: list[str], all_rows: bool, console=None) -> None:
+    console = console or Console()
+    for warning in [*comparison.warnings, *comparison.unpaired]:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    console.print(comparison_table(comparison, dims, all_rows))
+
+
+def comparison_table(comparison, dims: list[str], all_rows: bool) -> Table:
+    """The terminal table. Short columns never wrap or cut their headers; the verdict
+    column takes the room that is left and wraps."""
+    import pandas as pd
+
+    from aabench.results.verdict import verdict
+
     rows = comparison.rows
     present = [d for d in dims if d in rows]
     if present and not all_rows:
         rows = rows[rows[present].isna().all(axis=1)]
+        present = []
     several = rows["candidate"].nunique() > 1
-    table = Table(title=f"reference: {escape(comparison.runs[0].label)}")
-    columns = ["suite", "metric", *present, "unit", "reference"]
-    columns += ["candidate", "value"] if several else [escape(comparison.runs[1].label)]
-    for column in [*columns, "delta", "paired test"]:
-        table.add_column(column)
+    title = f"reference: {escape(comparison.runs[0].label)}"
+    if not several and len(comparison.runs) > 1:
+        title += f"; candidate: {escape(comparison.runs[1].label)}"
+    table = Table(title=title)
+    columns = ["suite", "metric", *present, "unit", "reference", "candidate"]
+    columns += ["value"] if several else []
+    numeric = {"reference", "value", "delta"} | (set() if several else {"candidate"})
+    for column in [*columns, "delta"]:
+        # Short columns never wrap or cut their headers; candidate labels (several) wrap.
+        table.add_column(
+            column,
+            no_wrap=not (several and column == "candidate"),
+            min_width=len(column),
+            justify="right" if column in numeric else "left",
+        )
+    table.add_column("verdict", ratio=1, min_width=24, overflow="fold")
     for _, row in rows.iterrows():
-        colour = "green" if row["improved"] else ("red" if row["delta"] != 0 else "white")
+        delta = row["delta"]
+        if pd.isna(delta):
+            delta_text = "-"
+        else:
+            colour = "green" if row["improved"] else ("red" if delta != 0 else "white")
+            delta_text = f"[{colour}]{delta:+.2f}[/]"
         candidate = [escape(row["candidate"])] if several else []
         table.add_row(
-            row["suite"],
-            row["metric"],
-            *[_cell(row.get(d)) for d in present],
-            row["unit"],
-            f"{row['reference_value']:.2f}",
+            escape(row["suite"]),
+            escape(row["metric"]),
+            *[escape(_cell(row.get(d))) for d in present],
+            escape(row["unit"]),
+            _value(row["reference_value"]),
             *candidate,
-            f"{row['candidate_value']:.2f}",
-            f"[{colour}]{row['delta']:+.2f}[/]",
-            _significance(row),
+            _value(row["candidate_value"]),
+            delta_text,
+            escape(_significance(row) if _cell(row["test"]) else verdict(row)),
         )
-    console.print(table)
+    return table
+
+
+def _value(value) -> str:
+    import pandas as pd
+
+    return "-" if value is None or pd.isna(value) else f"{value:.2f}"
 
 
 def _cell(value) -> str:
+    """A dimension value as written: 16, not 16.0 (a CSV reader's float)."""
     import pandas as pd
 
-    return "" if value is None or pd.isna(value) else str(value)
+    if value is None or pd.isna(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _significance(row) -> str:
-    if not _cell(row["test"]):
-        return "no paired statistics"
-    mark = " *" if row["significant"] else ""
-    if row["test"] == "mcnemar":
-        return f"McNemar p={row['p_value']:.3g}{mark}"
-    return f"95% CI [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]{mark}"
+    """The verdict with its test: better / worse / no significant difference (...), and
+    a * on a difference the (Holm-adjusted, within its family) test finds real."""
+    from aabench.results.verdict import verdict
+
+    text = verdict(row)
+    flag = row["significant"]
+    return f"{text} *" if _cell(flag) and bool(flag) else text
