@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
-
 from aabench.errors import UserError
+from aabench.lazy import lazy_module
 from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
+
+pd = lazy_module("pandas")  # imported on first use (see aabench.lazy)
 
 
 @dataclass

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import pandas as pd
-import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from aabench.data.folder import Sample
+from aabench.lazy import lazy_module
 from aabench.models.preprocessing import Preprocessing
+
+# Imported on first use: `aabench suites` and argument checks must not wait for torch.
+pd = lazy_module("pandas")
+torch = lazy_module("torch")
+TF = lazy_module("torchvision.transforms.functional")
 
 # Record columns of the five top-ranked classes, best first, for suites with ``ranks``.
 RANK_COLUMNS = tuple(f"rank_{i}" for i in range(1, 6))
@@ -125,7 +127,7 @@ def resize_and_center_crop(
     image: Image.Image, resize_size: int, crop_size: int, interpolation: str
 ) -> torch.Tensor:
     """Resize the short side, centre-crop, and return uint8 C x H x W (no normalisation)."""
-    mode = InterpolationMode(interpolation)
+    mode = TF.InterpolationMode(interpolation)
     resized = TF.resize(image, resize_size, interpolation=mode)
     cropped = TF.center_crop(resized, crop_size)
     return TF.pil_to_tensor(cropped)

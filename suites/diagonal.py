@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-import torch
 
 from aabench.errors import UserError
+from aabench.lazy import lazy_module
 from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
+
+pd = lazy_module("pandas")  # imported on first use (see aabench.lazy)
+torch = lazy_module("torch")
 
 
 @dataclass

@@ -18,14 +18,16 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-import torch
 from PIL import Image
 
 from aabench.data import corruptions as C
 from aabench.errors import UserError
+from aabench.lazy import lazy_module
 from aabench.suites import alexnet_errors
 from aabench.suites.base import Metric, Suite, Views, not_computed_row, term_frame
+
+pd = lazy_module("pandas")  # imported on first use (see aabench.lazy)
+torch = lazy_module("torch")
 
 CLEAN = "clean"
 

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
 from aabench.data import perturbations as P
 from aabench.errors import UserError
+from aabench.lazy import lazy_module
 from aabench.suites.base import RANK_COLUMNS, Metric, Suite, Views, not_computed_row, term_frame
+
+pd = lazy_module("pandas")  # imported on first use (see aabench.lazy)
+torch = lazy_module("torch")
 
 
 @dataclass

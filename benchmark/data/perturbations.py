@@ -23,11 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from aabench.data.corruptions import CROP, RESIZE
 from aabench.errors import UserError
+from aabench.lazy import lazy_module
+
+# torchvision (and torch) load on first use: the suite reads this module's names when
+# `aabench suites` or an argument check runs, which must not wait for torch.
+TF = lazy_module("torchvision.transforms.functional")
 
 GEOMETRIC = ("rotate", "scale", "translate", "tilt")  # the transformations anti-aliasing targets
 # The 10 test perturbations of mFR / mT5D, in the paper's order.
@@ -103,7 +106,7 @@ class Base:
 
     @classmethod
     def of(cls, image: Image.Image) -> Base:
-        resized = TF.resize(image.convert("RGB"), RESIZE, interpolation=InterpolationMode.BILINEAR)
+        resized = TF.resize(image.convert("RGB"), RESIZE, interpolation=BILINEAR)
         return cls(resized, np.asarray(TF.center_crop(resized, CROP), dtype=np.uint8))
 
 
@@ -203,7 +206,7 @@ def _geometric(transform: Callable[[Image.Image, int], Image.Image], count: int)
     return frames
 
 
-BILINEAR = InterpolationMode.BILINEAR
+BILINEAR = Image.Resampling.BILINEAR  # torchvision maps it to InterpolationMode.BILINEAR
 
 
 def _translate(image: Image.Image, i: int) -> Image.Image:
