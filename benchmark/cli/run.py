@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from aabench.cli.app import (
     AMP,
@@ -25,8 +23,9 @@ from aabench.cli.app import (
     WORKERS,
     command,
 )
+from aabench.cli.summary import headline as _headline
+from aabench.cli.summary import print_summary as _print_summary
 from aabench.errors import UserError
-from aabench.results.table import TIDY_COLUMNS as _TIDY
 
 
 @command()
@@ -142,26 +141,3 @@ def run(
         return
     for result in summaries:
         _print_summary(result)
-
-
-def _headline(table) -> list[dict]:
-    """Rows that are not broken down by a dimension (the suite's overall numbers)."""
-    dimensions = [c for c in table.columns if c not in (*_TIDY, "note")]
-    overall = table[table[dimensions].isna().all(axis=1)] if dimensions else table
-    return json.loads(overall[list(_TIDY)].to_json(orient="records"))
-
-
-def _print_summary(result) -> None:
-    console = Console()
-    provenance = result.provenance
-    table = Table(
-        title=f"{provenance['model']} / {provenance['suite']} "
-        f"(n={provenance['n']}, weights {result.table['weights'].iloc[0]})"
-    )
-    for column in ("metric", "value", "unit"):
-        table.add_column(column)
-    for row in _headline(result.table):
-        value = "-" if row["value"] is None else f"{row['value']:.2f}"
-        table.add_row(row["metric"], value, row["unit"])
-    console.print(table)
-    console.print(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
