@@ -4,7 +4,11 @@ A rule names a metric (optionally a suite) and the largest regression allowed: i
 metric's own unit (percentage points for %), or as a fraction of the reference value
 when ``relative = true``. ``only_if_significant = true`` fails only regressions whose
 paired test says they are real; without samples files the value alone decides. Rules
-apply to a suite's overall rows (blank dimension columns) unless ``per_dimension``.
+apply to a suite's overall rows (blank dimension columns) unless ``per_dimension``; a
+per-dimension row's significance is its Holm-adjusted one (see `results.compare`).
+
+Every checked row gets a ``status``: "regressed" (fails), "not significant" (beyond the
+limit, but the paired test found no real difference: passes) or "ok".
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pandas as pd
 
 from aabench.errors import UserError
 from aabench.results.compare import Comparison
+from aabench.results.verdict import dimension_label, verdict
 from aabench.suites.registry import available_suites
 
 if sys.version_info >= (3, 11):
@@ -127,12 +132,21 @@ def load_rules(path: str | Path) -> list[Rule]:
 
 @dataclass
 class GateResult:
-    checked: pd.DataFrame  # every gated row, with its rule, regression and verdict
+    checked: pd.DataFrame  # every gated row, with its rule, regression, status, dimension
     failures: pd.DataFrame
 
     @property
     def passed(self) -> bool:
         return self.failures.empty
+
+    @property
+    def not_significant(self) -> pd.DataFrame:
+        """Rows beyond their limit that pass because their paired test found no real
+        difference."""
+        return self.checked[self.checked["status"] == NOT_SIGNIFICANT].reset_index(drop=True)
+
+
+REGRESSED, NOT_SIGNIFICANT, OK = "regressed", "not significant", "ok"
 
 
 def regression(row: pd.Series, rule: Rule) -> float:
@@ -167,15 +181,17 @@ def apply_rules(comparison: Comparison, rules: list[Rule], dimensions: list[str]
                 continue  # not computed in the reference either: nothing to hold to
             amount = regression(row, rule)
             # A value the candidate lacks cannot be shown not to regress: it fails.
-            regressed = pd.isna(row["candidate_value"]) or amount > rule.max_regression
-            if regressed and rule.only_if_significant and _known_not_significant(row):
-                regressed = False
+            beyond = pd.isna(row["candidate_value"]) or amount > rule.max_regression
+            excused = beyond and rule.only_if_significant and _known_not_significant(row)
+            regressed = beyond and not excused
             checked.append(
                 {
                     **row.to_dict(),
                     "rule": rule.describe(),
                     "regression": amount,
                     "failed": bool(regressed),
+                    "status": REGRESSED if regressed else (NOT_SIGNIFICANT if excused else OK),
+                    "dimension": dimension_label(row, dimensions),
                 }
             )
     if not checked:
@@ -188,22 +204,59 @@ def apply_rules(comparison: Comparison, rules: list[Rule], dimensions: list[str]
     return GateResult(checked=table, failures=table[table["failed"]].reset_index(drop=True))
 
 
+def row_line(row, arrow: str = "->") -> str:
+    """``imagenet-p.top5_dist [perturbation=rotate]: 0.05 -> 0.23 (+0.18)``, then why."""
+    where = f" [{row['dimension']}]" if row.get("dimension") else ""
+    line = (
+        f"{row['suite']}.{row['metric']}{where}: {_number(row['reference_value'])} {arrow} "
+        f"{_number(row['candidate_value'])}"
+    )
+    if not pd.isna(row["delta"]):
+        line += f" ({row['delta']:+.2f})"
+    if row["status"] == NOT_SIGNIFICANT or pd.isna(row["candidate_value"]):
+        line += f"; {verdict(row)}"
+    return line
+
+
+def _number(value) -> str:
+    return "-" if pd.isna(value) else f"{value:.2f}"
+
+
 def summary_markdown(result: GateResult, dimensions: list[str]) -> str:
-    verdict = "PASSED" if result.passed else f"FAILED: {len(result.failures)} regression(s)"
-    lines = [f"## aabench gate: {verdict}", ""]
+    verdict_line = "PASSED" if result.passed else f"FAILED: {len(result.failures)} regression(s)"
+    lines = [f"## aabench gate: {verdict_line}", ""]
+    for title, frame in (
+        ("Regressions", result.failures),
+        ("Beyond the limit but not significant (passed)", result.not_significant),
+    ):
+        if len(frame):
+            lines += [f"**{title}:**", ""]
+            lines += [
+                f"- `{row_line(row, '→')}`; rule {row['rule']}" for _, row in frame.iterrows()
+            ]
+            lines.append("")
     header = ["suite", "metric", *dimensions, "reference", "candidate", "delta", "rule", "verdict"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    labels = {REGRESSED: "**regressed**", NOT_SIGNIFICANT: "ok (not significant)", OK: "ok"}
     for _, row in result.checked.iterrows():
-        dims = ["" if pd.isna(row.get(d)) else str(row.get(d)) for d in dimensions]
+        dims = [_dimension_cell(row.get(d)) for d in dimensions]
         cells = [
             row["suite"],
             row["metric"],
             *dims,
-            f"{row['reference_value']:.2f}",
-            f"{row['candidate_value']:.2f}",
-            f"{row['delta']:+.2f}",
+            _number(row["reference_value"]),
+            _number(row["candidate_value"]),
+            "-" if pd.isna(row["delta"]) else f"{row['delta']:+.2f}",
             row["rule"],
-            "**regressed**" if row["failed"] else "ok",
+            labels[row["status"]],
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _dimension_cell(value) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -28,7 +28,13 @@ def gate_command(
     """Exit 1 when the candidate regresses beyond the rules, 0 when it does not."""
     from aabench.results.compare import compare_groups, dimension_columns, load_runs
     from aabench.results.files import write_atomic
-    from aabench.results.gate import DEFAULT_RULES, apply_rules, load_rules, summary_markdown
+    from aabench.results.gate import (
+        DEFAULT_RULES,
+        apply_rules,
+        load_rules,
+        row_line,
+        summary_markdown,
+    )
 
     rule_list = load_rules(rules) if rules else list(DEFAULT_RULES)
     groups = load_runs([reference, candidate], every_reference_suite=True)
@@ -41,17 +47,18 @@ def gate_command(
         text = summary_markdown(result, dims)
         write_atomic(summary, lambda temporary: Path(temporary).write_text(text))
     console = Console()
-    for warning in comparison.warnings:
+    for warning in [*comparison.warnings, *comparison.unpaired]:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    excused = result.not_significant
     if result.passed:
         console.print(f"gate passed: {len(result.checked)} metric(s) within the rules")
-        return
-    console.print(f"[bold red]gate failed[/]: {len(result.failures)} regression(s)")
-    for _, row in result.failures.iterrows():
-        console.print(
-            escape(
-                f"  {row['suite']}.{row['metric']}: {row['reference_value']:.2f} -> "
-                f"{row['candidate_value']:.2f} ({row['delta']:+.2f}); rule {row['rule']}"
-            )
-        )
-    raise typer.Exit(1)
+    else:
+        console.print(f"[bold red]gate failed[/]: {len(result.failures)} regression(s)")
+        for _, row in result.failures.iterrows():
+            console.print(escape(f"  {row_line(row)}; rule {row['rule']}"))
+    if len(excused):
+        console.print(f"passed because not significant: {len(excused)} row(s) beyond the limit")
+        for _, row in excused.iterrows():
+            console.print(escape(f"  {row_line(row)}; rule {row['rule']}"))
+    if not result.passed:
+        raise typer.Exit(1)
