@@ -10,7 +10,16 @@ from importlib import import_module
 from aabench.cli.app import app, main
 
 # Registration order is the order `aabench --help` lists the commands in.
-COMMAND_MODULES = ("run", "compare", "gate", "models", "suites", "make_imagenet_c", "bench")
+COMMAND_MODULES = (
+    "run",
+    "compare",
+    "gate",
+    "models",
+    "suites",
+    "make_imagenet_c",
+    "prepare_val",
+    "bench",
+)
 for _name in COMMAND_MODULES:
     import_module(f"aabench.cli.{_name}")
 
