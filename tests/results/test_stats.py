@@ -176,3 +176,73 @@ def test_a_metric_whose_denominator_is_always_zero_has_a_nan_interval():
     low, high = paired_bootstrap(num, den, num, den, np.array([1.0, 1.0]), replicates=100)
     assert low[0] == 0.0 and high[0] == 0.0
     assert np.isnan(low[1]) and np.isnan(high[1])
+
+
+# --- bootstrap p-value, Holm, intervals ---------------------------------------------------
+
+
+def test_bootstrap_p_value_counts_replicates_on_each_side_of_zero_plus_one():
+    from aabench.results.stats import bootstrap_p_value
+
+    deltas = np.array(
+        [
+            # all < 0   all 0  mixed   mostly > 0  no replicate
+            [-1.0, 0.0, -1.0, 1.0, np.nan],
+            [-2.0, 0.0, 0.0, 2.0, np.nan],
+            [-3.0, 0.0, 1.0, 3.0, np.nan],
+            [-4.0, 0.0, 2.0, 4.0, np.nan],
+            [-5.0, 0.0, np.nan, -1.0, np.nan],
+        ]
+    )
+    p = bootstrap_p_value(deltas)
+    # B = 5: 2 * (0 + 1) / 6; all zero: 1; B = 4, L = 2, U = 3: 2 * 3 / 5 clipped to 1;
+    # B = 5, L = 1: 2 * 2 / 6; no finite replicate: NaN.
+    assert p[:4].tolist() == pytest.approx([1 / 3, 1.0, 1.0, 2 / 3])
+    assert math.isnan(p[4])
+
+
+def test_paired_bootstrap_test_gives_the_same_interval_and_its_p_value():
+    from aabench.results.stats import paired_bootstrap_test
+
+    a = column([0, 1, 0, 1, 0, 1, 1, 0])
+    b = column([1, 1, 1, 1, 1, 1, 1, 1])
+    ones = np.ones_like(a)
+    low, high, p = paired_bootstrap_test(a, ones, b, ones, np.array([1.0]), replicates=300)
+    again = paired_bootstrap(a, ones, b, ones, np.array([1.0]), replicates=300)
+    assert (low[0], high[0]) == (again[0][0], again[1][0])
+    # B only gains: every replicate's delta is >= 0, and = 0 only when no image with
+    # a = 0 is drawn (probability (1/2)^8 per replicate): p = 2 * (L + 1) / 301, tiny.
+    assert 2 / 301 <= p[0] <= 2 * 6 / 301
+
+
+def test_holm_by_hand():
+    from aabench.results.stats import holm
+
+    # sorted: 0.005 * 4 = 0.02; 0.01 * 3 = 0.03; 0.03 * 2 = 0.06; 0.04 * 1 -> max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]).tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN is outside the family (m = 3 here) and stays NaN: 0.02 * 3 = 0.06;
+    # 0.5 * 2 = 1.0; 0.6 * 1 -> max(1.0, 0.6): clipped at 1 and never below a smaller p's
+    adjusted = holm([0.6, np.nan, 0.02, 0.5])
+    assert adjusted[[0, 2, 3]].tolist() == pytest.approx([1.0, 0.06, 1.0])
+    assert math.isnan(adjusted[1])
+    assert holm([0.03]).tolist() == [0.03]  # a family of one is not corrected
+    assert holm([]).tolist() == []
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "text"),
+    [
+        (0.0031, 0.012, "[+0.0031, +0.0120]"),  # tiny: enough decimals to leave zero
+        (-0.4, 0.9, "[-0.40, +0.90]"),  # normal
+        (-16.871, 16.88, "[-16.87, +16.88]"),
+        (0.0, 0.5, "[0.00, +0.50]"),  # touching zero: an exact 0 is unsigned
+        (-0.004, 0.0, "[-0.0040, 0.0000]"),  # never [-0.00, 0.00]
+        (0.0, 0.0, "[0.00, 0.00]"),
+        (0.501, 0.504, "[+0.501, +0.504]"),  # different bounds print differently
+        (float("nan"), 1.0, "[n/a]"),
+    ],
+)
+def test_format_interval(low, high, text):
+    from aabench.results.stats import format_interval
+
+    assert format_interval(low, high) == text
