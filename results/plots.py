@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from aabench.results.table import TIDY_COLUMNS
 
@@ -77,6 +78,7 @@ def diagonal_plots(source) -> list[Plot]:
                 color=_colour(index),
                 label=_legend_label(label, index),
             )
+        _floor_at_zero(axes, [v for _, _, curve, _ in curves for v in curve.to_numpy()])
         axes.set_xlabel("diagonal offset (pixels)")
         axes.set_ylabel(_axis_label(name, curves[0][3]))
         axes.set_title(title, fontsize=10)
@@ -154,6 +156,7 @@ def imagenet_c_plots(source) -> list[Plot]:
                     label=_legend_label(label, index),
                 )
             axes.set_title(corruption, fontsize=7)
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes.tick_params(labelsize=6)
             axes.grid(alpha=0.3)
         for number, axes in enumerate(grid.flat):
@@ -309,11 +312,27 @@ def _grouped_bars(categories, series, ylabel: str, title: str, annotate: bool) -
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
     axes.grid(axis="y", alpha=0.3)
-    highest = max((v for _, values, _ in series for v in values if math.isfinite(v)), default=0)
+    finite = [v for _, values, _ in series for v in values if math.isfinite(v)]
+    highest = max(finite, default=0)
     if highest > 0:
         axes.set_ylim(0, highest * 1.18)  # headroom for the legend and the value labels
+    else:
+        _floor_at_zero(axes, finite)
     axes.legend(fontsize=8, loc="upper center", ncols=min(4, len(series)), frameon=False)
     return figure
+
+
+def _floor_at_zero(axes, values) -> None:
+    """No negative axis for values that cannot be negative; all of them 0 is said so,
+    not drawn as an empty band around zero."""
+    finite = [float(v) for v in values if math.isfinite(float(v))]
+    if not finite or min(finite) < 0:
+        return
+    if max(finite) == 0:
+        axes.set_ylim(0, 1)
+        axes.text(0.5, 0.5, "all values are 0", transform=axes.transAxes, ha="center", color="#555")
+    elif axes.get_ylim()[0] < 0:
+        axes.set_ylim(bottom=0)
 
 
 def _legend_entries(grid) -> tuple[list, list[str]]:
