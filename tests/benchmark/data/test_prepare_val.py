@@ -282,3 +282,9 @@ def test_meta_maps_ids_to_wnids_and_skips_the_nodes_above_the_leaves(tmp_path):
     write_meta(path, leaf_rows())
     table = module._parse_meta(path.read_bytes())
     assert table == {i: wnid_of(i) for i in range(1, 1001)}
+
+
+@pytest.mark.parametrize("given", [("--out", "val"), ("--archive-dir", "archive")])
+def test_both_folders_are_required(cli, tmp_path, given):
+    missing = "--archive-dir" if given[0] == "--out" else "--out"
+    assert_one_line_error(cli("prepare-val", *given), f"{missing} is required")
