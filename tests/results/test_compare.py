@@ -450,7 +450,11 @@ def test_a_real_run_compared_with_its_copy_shows_no_difference(real_runs):
     groups = load_runs([str(first), str(second)])
     assert [group[0].suite for group in groups] == ["accuracy", "shift"]
     result = compare_groups(groups, replicates=FEW)
-    assert result.warnings == []
+    # No mismatch; only each run's own warning about its random weights.
+    labels = [run.label for run in result.runs]
+    assert len(result.warnings) == 2
+    for label, warning in zip(labels, result.warnings, strict=True):
+        assert warning.startswith(f"{label}: random weights")
     rows = result.rows
     assert set(rows["suite"]) == {"accuracy", "shift"}
     assert (rows["delta"] == 0).all()
@@ -560,3 +564,188 @@ def test_the_same_table_twice_gets_distinct_labels(tmp_path):
         f"{MODEL} ({run})",
         f"{MODEL} ({run}) #2",
     ]
+
+
+# --- Holm within per-dimension families, n and note ----------------------------------------
+
+
+def holm_pair(tmp_path):
+    """Diagonal runs (3 offsets, 8 images) where B wins 6 images at offsets 0 and 1 only."""
+    from tests.results.test_load import diagonal_records
+
+    preds_a = [[3, 3, 7]] * 6 + [[7, 7, 7]] * 2
+    preds_b = [[7, 7, 7]] * 8
+    paths = []
+    for name, preds in (("a", preds_a), ("b", preds_b)):
+        records = diagonal_records([[0.5, 0.5, 0.5]] * 8, preds)
+        rows = DiagonalSuite(max_offset=2).summarise(records)
+        paths.append(
+            write_suite(
+                tmp_path / name,
+                "diagonal",
+                [{k: v for k, v in r.items() if k != "n"} for r in rows],
+                records,
+                parameters={"max_offset": 2},
+                model=f"model-{name}",
+            )
+        )
+    return paths
+
+
+def test_per_offset_rows_are_holm_adjusted_within_their_metric(tmp_path):
+    reference, candidate = holm_pair(tmp_path)
+    rows = compare([load_run(reference), load_run(candidate)], replicates=FEW).rows
+    at = [row(rows, "accuracy", offset=offset) for offset in range(3)]
+    # McNemar (0, 6): p = 2 / 2^6 = 0.03125 at offsets 0 and 1, p = 1 at offset 2.
+    assert [r["p_value"] for r in at] == pytest.approx([1 / 32, 1 / 32, 1.0])
+    # Holm over 3: 3 * 1/32 = 0.09375; max(2 * 1/32, 0.09375); max(1, ...) = 1.
+    assert [r["p_adjusted"] for r in at] == pytest.approx([3 / 32, 3 / 32, 1.0])
+    assert [r["family_size"] for r in at] == [3, 3, 3]
+    assert [r["correction"] for r in at] == ["holm"] * 3
+    # Significant at 5 % alone, not once the family of 3 is accounted for.
+    assert [flag(r["significant"]) for r in at] == [False, False, False]
+    assert all(r["n"] == 8 for r in at)
+    # The overall rows are families of one: their own p, no correction.
+    for metric in ("accuracy", "wobble", "flips"):
+        overall = row(rows, metric, offset=None)
+        assert (overall["family_size"], overall["correction"]) == (1, "")
+        assert overall["p_adjusted"] == overall["p_value"]
+        assert flag(overall["significant"]) is bool(overall["p_value"] < 0.05)
+    # p_true per offset: its own family of 3 (bootstrap, all deltas 0: p = 1).
+    p_true = rows[(rows["metric"] == "p_true") & rows["offset"].notna()]
+    assert p_true["family_size"].tolist() == [3, 3, 3]
+    assert p_true["p_adjusted"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_rows_without_a_test_have_no_family_and_say_why(tmp_path):
+    reference = write_accuracy(tmp_path / "a", [1, 0, 1])
+    candidate = write_accuracy(tmp_path / "b", [1, 1, 1], samples=False)
+    rows = compare([load_run(reference), load_run(candidate)], replicates=FEW).rows
+    top1 = row(rows, "top1")
+    assert top1["family_size"] == 0 and top1["correction"] == ""
+    assert math.isnan(top1["p_adjusted"]) and top1["significant"] is None
+    assert top1["no_statistics"] == f"{MODEL} has no samples file"
+    assert top1["n"] == 3  # both tables say 3 images
+    assert top1["note"] == ""
+
+
+def test_n_is_the_images_both_runs_share(tmp_path):
+    reference = write_shift(tmp_path / "a", [[[7, 7]], [[7, 3]], [[3, 3]]])
+    candidate = write_shift(tmp_path / "b", [[[7, 7]], [[7, 7]], [[3, 3]], [[7, 7]]], n=4)
+    rows = compare([load_run(reference), load_run(candidate)], allow_mismatch=True).rows
+    consistency = row(rows, "consistency")
+    assert (consistency["reference_n"], consistency["candidate_n"]) == (3, 4)
+    assert consistency["n"] == 3  # paired over the 3 images both saw
+    unpaired = write_shift(tmp_path / "c", [[[7, 7]]] * 4, n=4, samples=False)
+    rows = compare([load_run(reference), load_run(unpaired)], allow_mismatch=True).rows
+    assert pd.isna(row(rows, "consistency")["n"])  # 3 vs 4, nothing paired: unknown
+
+
+def test_note_says_why_a_value_is_missing(tmp_path):
+    reason = "needs max_offset >= 1"
+    reference = write_suite(
+        tmp_path / "a",
+        "diagonal",
+        [{"metric": "accuracy", "value": 50.0}, {"metric": "wobble", "value": 2.0}],
+        model="ref",
+    )
+    candidate = write_suite(
+        tmp_path / "b",
+        "diagonal",
+        [{"metric": "wobble", "value": float("nan"), "note": reason}],
+        model="cand",
+    )
+    rows = compare([load_run(reference), load_run(candidate)], replicates=FEW).rows
+    assert row(rows, "wobble")["note"] == reason
+    assert row(rows, "accuracy")["note"] == "cand has no such row"
+    assert math.isnan(row(rows, "accuracy")["candidate_value"])
+
+
+def test_directories_name_every_suite_they_could_not_pair(tmp_path):
+    from aabench.results.compare import pair_runs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_accuracy(a, [1, 1, 0])
+    write_shift(a, [[[7, 7]], [[7, 3]], [[3, 3]]])
+    write_accuracy(b, [1, 1, 1])
+    write_suite(b, "diagonal", [{"metric": "wobble", "value": 1.0}], n=3)
+    pairing = pair_runs([str(a), str(b)])
+    assert [group[0].suite for group in pairing.groups] == ["accuracy"]
+    assert pairing.unpaired == [
+        f"shift: only in {a}; not compared",
+        f"diagonal: only in {b}; not compared",
+    ]
+    result = compare_groups(pairing.groups, replicates=FEW, unpaired=pairing.unpaired)
+    assert result.unpaired == pairing.unpaired
+    assert compare_groups(pairing.groups, replicates=FEW).unpaired == []
+
+
+def test_the_runs_own_warnings_are_in_the_comparison(tmp_path):
+    reference = write_accuracy(tmp_path / "a", [1, 0, 1], model="ref")
+    candidate = write_accuracy(tmp_path / "b", [1, 1, 1], model="cand")
+    provenance = json.loads(candidate.with_suffix(".json").read_text())
+    provenance["warnings"] = ["random weights: the numbers say nothing about a trained model"]
+    candidate.with_suffix(".json").write_text(json.dumps(provenance))
+    result = compare([load_run(reference), load_run(candidate)], replicates=FEW)
+    assert result.warnings == [
+        "cand: random weights: the numbers say nothing about a trained model"
+    ]
+
+
+def test_cli_published_with_directories_skips_and_names_suites_without_numbers(
+    cli, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "250")  # no wrapped verdict
+    run = tmp_path / "resnet18_aa"
+    write_accuracy(run, [1, 1, 0, 1], model="resnet18_aa")
+    write_suite(run, "diagonal", [{"metric": "wobble", "value": 1.0}], model="resnet18_aa", n=4)
+    code, out, err = cli(
+        "compare", "--published", "antialiased-cnns", str(run), "--allow-mismatch", "--json"
+    )
+    assert code == 0, err
+    assert {entry["suite"] for entry in json.loads(out)} == {"accuracy"}
+    code, out, err = cli("compare", "--published", "antialiased-cnns", str(run), "--allow-mismatch")
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert (
+        "warning: diagonal: no published numbers for resnet18_aa in antialiased-cnns; "
+        "not compared" in flat
+    )
+    assert "no paired statistics (published numbers have no per-image samples)" in flat
+    # No suite with published numbers at all: an error.
+    only_diagonal = tmp_path / "other" / "resnet18_aa"
+    write_suite(
+        only_diagonal, "diagonal", [{"metric": "wobble", "value": 1.0}], model="resnet18_aa"
+    )
+    code, _out, err = cli("compare", "--published", "antialiased-cnns", str(only_diagonal))
+    assert code == 2 and "no diagonal numbers for resnet18_aa" in err
+
+
+def test_cli_compare_json_rows_carry_note_n_holm_columns_and_verdict(cli, tmp_path):
+    reference, candidate = holm_pair(tmp_path)
+    code, out, err = cli("compare", str(reference), str(candidate), "--json", "--bootstrap", "50")
+    assert code == 0, err
+    entries = json.loads(out)
+    at_0 = next(e for e in entries if e["metric"] == "accuracy" and e["offset"] == 0)
+    for key in ("note", "n", "family_size", "correction", "p_adjusted", "significant"):
+        assert key in at_0
+    assert (at_0["n"], at_0["family_size"], at_0["correction"]) == (8, 3, "holm")
+    assert at_0["verdict"] == "no significant difference (McNemar p=0.094, Holm over 3, n=8)"
+
+
+def test_cli_compare_table_at_120_columns_cuts_no_header(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    reference, candidate = holm_pair(tmp_path)
+    code, out, err = cli(
+        "compare", str(reference), str(candidate), "--all-rows", "--bootstrap", "50"
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    header = next(line for line in lines if "metric" in line)
+    for name in ("metric", "offset", "unit", "reference", "candidate", "delta", "verdict"):
+        assert f" {name} " in header
+    assert "…" not in out
+    assert "diagonal: reference: model-a; candidate: model-b" in " ".join(out.split())
+    assert "no significant difference (McNemar p=0.094, Holm over" in out  # wraps at 120
+    assert "better (bootstrap p=0.039, 95% CI [+26.88, +66.67]," in out
