@@ -10,7 +10,15 @@ import pytest
 
 from aabench.errors import UserError
 from aabench.results.compare import Comparison, RunTables
-from aabench.results.gate import DEFAULT_RULES, Rule, apply_rules, load_rules, summary_markdown
+from aabench.results.gate import (
+    DEFAULT_RULES,
+    GateResult,
+    Rule,
+    apply_rules,
+    load_rules,
+    row_line,
+    summary_markdown,
+)
 from tests.results.test_load import write_accuracy, write_shift, write_suite
 
 # --- rules files ---------------------------------------------------------------------------
@@ -542,3 +550,98 @@ def test_bootstrap_must_be_positive(cli, tmp_path, command):
     code, _, err = cli(command, *paths, "--bootstrap", "0")
     assert code == 2
     assert "--bootstrap" in err and "Traceback" not in err
+
+
+# --- naming rows: dimension, status, not significant ------------------------------------------
+
+
+def per_offset() -> GateResult:
+    rows = comparison(
+        *[
+            {
+                "suite": "diagonal",
+                "metric": "accuracy",
+                "offset": offset,
+                "reference_value": 80.0,
+                "candidate_value": candidate,
+                "significant": significant,
+            }
+            for offset, candidate, significant in ((0, 79.8, False), (8, 75.0, False))
+        ],
+        {
+            "suite": "diagonal",
+            "metric": "accuracy",
+            "offset": 16,
+            "reference_value": 80.0,
+            "candidate_value": 70.0,
+            "significant": True,
+        },
+    )
+    rows.rows["p_value"] = [0.4, 0.2, 0.001]
+    rows.rows["p_adjusted"] = [0.4, 0.4, 0.003]  # Holm over the 3 offsets
+    rows.rows["family_size"] = 3
+    rule = Rule("accuracy", 0.5, suite="diagonal", only_if_significant=True, per_dimension=True)
+    return apply_rules(rows, [rule], ["offset"])
+
+
+def test_every_checked_row_has_its_dimension_and_status():
+    result = per_offset()
+    assert result.checked["dimension"].tolist() == ["offset=0", "offset=8", "offset=16"]
+    assert result.checked["status"].tolist() == ["ok", "not significant", "regressed"]
+    assert result.not_significant["offset"].tolist() == [8]
+    assert result.failures["offset"].tolist() == [16]
+
+
+def test_row_lines_name_the_dimension_and_why_a_row_passed():
+    result = per_offset()
+    assert row_line(result.failures.iloc[0]) == (
+        "diagonal.accuracy [offset=16]: 80.00 -> 70.00 (-10.00)"
+    )
+    assert row_line(result.not_significant.iloc[0]) == (
+        "diagonal.accuracy [offset=8]: 80.00 -> 75.00 (-5.00); no significant difference "
+        "(McNemar p=0.4, Holm over 3)"
+    )
+
+
+def test_summary_lists_regressions_and_rows_passed_because_not_significant():
+    text = summary_markdown(per_offset(), ["offset"])
+    assert text.startswith("## aabench gate: FAILED: 1 regression(s)\n")
+    assert "**Regressions:**\n\n- `diagonal.accuracy [offset=16]: 80.00 → 70.00 (-10.00)`" in text
+    assert "**Beyond the limit but not significant (passed):**" in text
+    assert "- `diagonal.accuracy [offset=8]: 80.00 → 75.00 (-5.00); no significant" in text
+    table = [line for line in text.splitlines() if line.startswith("| diagonal")]
+    assert [line.split(" | ")[-1] for line in table] == [
+        "ok |",
+        "ok (not significant) |",
+        "**regressed** |",
+    ]
+    assert table[1].startswith("| diagonal | accuracy | 8 | 80.00 | 75.00 | -5.00 |")
+
+
+def test_a_missing_candidate_value_prints_a_dash_and_its_note():
+    rows = comparison({"metric": "top1", "reference_value": 76.0, "candidate_value": np.nan})
+    rows.rows["note"] = ["cand has no such row"]
+    result = apply_rules(rows, [Rule("top1", 0.5)], ["offset"])
+    assert row_line(result.failures.iloc[0]) == (
+        "accuracy.top1: 76.00 -> -; not compared (cand has no such row)"
+    )
+    assert "| accuracy | top1 |  | 76.00 | - | - |" in summary_markdown(result, ["offset"])
+
+
+def test_cli_gate_prints_rows_that_passed_because_not_significant(cli, tmp_path):
+    reference = write_accuracy(tmp_path / "a", [1] * 12 + [1, 1, 0] + [0] * 5)
+    candidate = write_accuracy(tmp_path / "b", [1] * 12 + [0, 0, 1] + [0] * 5)
+    summary = tmp_path / "gate.md"
+    code, out, err = cli(
+        "gate", "--reference", str(reference), "--candidate", str(candidate),
+        "--bootstrap", "50", "--summary", str(summary),
+    )  # fmt: skip
+    assert code == 0, err
+    flat = " ".join(out.split())
+    assert "passed because not significant: 2 row(s) beyond the limit" in flat  # top1, top5
+    # McNemar (2, 1): p = 2 * (1 + 3) / 8 = 1.
+    assert (
+        "accuracy.top1: 70.00 -> 65.00 (-5.00); no significant difference (McNemar p=1, n=20)"
+        in flat
+    )
+    assert "ok (not significant)" in summary.read_text()
