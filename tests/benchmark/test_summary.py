@@ -62,7 +62,8 @@ def test_print_summary_shows_categories_and_why_a_value_is_missing():
     console = Console(width=200, record=True)
     print_summary(result, console=console)
     lines = [
-        " ".join(line.replace("│", " ").split()) for line in console.export_text().splitlines()
+        " ".join(line.replace("│", " ").replace("┃", " ").split())
+        for line in console.export_text().splitlines()
     ]
     assert "metric category value unit note" in lines
     assert "clean_error 25.00 %" in lines
