@@ -100,8 +100,18 @@ def comparison_table(comparison, dims: list[str], all_rows: bool) -> Table:
     title = f"reference: {escape(comparison.runs[0].label)}"
     if not several and len(comparison.runs) > 1:
         title += f"; candidate: {escape(comparison.runs[1].label)}"
+    one_suite = rows["suite"].nunique() == 1
+    if one_suite and len(rows):
+        title = f"{escape(str(rows['suite'].iloc[0]))}: {title}"
     table = Table(title=title)
-    columns = ["suite", "metric", *present, "unit", "reference", "candidate"]
+    columns = [
+        *([] if one_suite else ["suite"]),
+        "metric",
+        *present,
+        "unit",
+        "reference",
+        "candidate",
+    ]
     columns += ["value"] if several else []
     numeric = {"reference", "value", "delta"} | (set() if several else {"candidate"})
     for column in [*columns, "delta"]:
@@ -112,7 +122,7 @@ def comparison_table(comparison, dims: list[str], all_rows: bool) -> Table:
             min_width=len(column),
             justify="right" if column in numeric else "left",
         )
-    table.add_column("verdict", ratio=1, min_width=24, overflow="fold")
+    table.add_column("verdict", ratio=1, min_width=12, overflow="fold")
     for _, row in rows.iterrows():
         delta = row["delta"]
         if pd.isna(delta):
@@ -122,7 +132,7 @@ def comparison_table(comparison, dims: list[str], all_rows: bool) -> Table:
             delta_text = f"[{colour}]{delta:+.2f}[/]"
         candidate = [escape(row["candidate"])] if several else []
         table.add_row(
-            escape(row["suite"]),
+            *([] if one_suite else [escape(row["suite"])]),
             escape(row["metric"]),
             *[escape(_cell(row.get(d))) for d in present],
             escape(row["unit"]),
