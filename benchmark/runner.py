@@ -29,6 +29,7 @@ from aabench.data.sources import source_for
 from aabench.distributed import World
 from aabench.engine import EngineOptions, Hooks, Part, block_size, evaluate, resolve_device
 from aabench.errors import UserError
+from aabench.models.weights import RANDOM_WEIGHTS_WARNING, WeightsRecord
 from aabench.models.zoo import LoadedModel
 from aabench.results.files import json_writer, table_writer, write_together
 from aabench.results.load import read_table
@@ -41,6 +42,25 @@ class SuiteResult:
     table: pd.DataFrame
     provenance: dict
     paths: dict[str, Path]
+
+
+def random_weights_warning(weights: WeightsRecord) -> str | None:
+    """The warning a run with random weights carries (stderr, provenance, reports)."""
+    return RANDOM_WEIGHTS_WARNING if weights.random else None
+
+
+def weights_provenance(weights: WeightsRecord) -> dict:
+    """The provenance entries about the weights: the record, whether they are random
+    (and the warning saying so), and the release mirror when one was used."""
+    warning = random_weights_warning(weights)
+    entries = {
+        "weights": asdict(weights),
+        "random_weights": warning is not None,
+        "warnings": [warning] if warning else [],
+    }
+    if weights.weights_url:
+        entries["weights_url"] = weights.weights_url
+    return entries
 
 
 def versions() -> dict:
@@ -180,7 +200,7 @@ def run_suite(
         "protocol": suite.protocol(),
         "dimensions": list(suite.dimensions),
         "data_source": data_source,
-        "weights": asdict(weights),
+        **weights_provenance(weights),
         "preprocessing": model.preprocessing.to_dict(),
         "data": {
             "root": str(folder.root),

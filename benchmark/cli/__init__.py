@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "gate",
     "models",
     "suites",
+    "weights",
     "make_imagenet_c",
     "prepare_val",
     "bench",

@@ -34,6 +34,11 @@ def run(
     suite: str = typer.Option(..., "--suite", "-s", help="Suite name(s), comma-separated."),
     weights: str = WEIGHTS,
     weights_dir: str = WEIGHTS_DIR,
+    weights_url: str = typer.Option(
+        None,
+        "--weights-url",
+        help="Base URL of a mirror of the release bucket (or $AABENCH_WEIGHTS_URL).",
+    ),
     data: str = DATA,
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
@@ -77,19 +82,13 @@ def run(
     as_json: bool = JSON,
 ) -> None:
     """Run benchmark suites on a model and write tidy tables with provenance."""
-    from aabench import distributed
-    from aabench.checkpoint import CheckpointOptions
-    from aabench.data.folder import open_image_folder
-    from aabench.engine import EngineOptions
     from aabench.models.zoo import create_model
-    from aabench.results.files import check_writable
-    from aabench.runner import check_unfinished, run_suite
     from aabench.suites.params import build_suites
     from aabench.suites.registry import get_suite
 
-    # First: under torchrun, an error from here on stops every rank together.
-    world = distributed.start(device)
-    checkpoints = CheckpointOptions(resume=resume, restart=restart, every=checkpoint_every)
+    # First the arguments and the weights, without torch (seconds to import): a wrong
+    # name, suite or --set, or weights that cannot be had, is one line before anything
+    # else happens. Under torchrun every rank fails the same way.
     names = [name.strip() for name in suite.split(",") if name.strip()]
     if not names:
         raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
@@ -104,6 +103,26 @@ def run(
                 raise UserError(f"{flag} is for --suite {' or '.join(takers)}: add it to --suite")
             assignments = [*assignments, assignment]
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
+    # Default weights are found (mirror, cache: verified) or downloaded now, up front.
+    loaded = create_model(
+        model,
+        weights=weights,
+        weights_dir_path=weights_dir,
+        init_seed=seed,
+        weights_url=weights_url,
+        build=False,
+    )
+
+    from aabench import distributed
+    from aabench.checkpoint import CheckpointOptions
+    from aabench.data.folder import open_image_folder
+    from aabench.engine import EngineOptions
+    from aabench.results.files import check_writable
+    from aabench.runner import check_unfinished, random_weights_warning, run_suite
+
+    # Under torchrun, an error from here on stops every rank together.
+    world = distributed.start(device)
+    checkpoints = CheckpointOptions(resume=resume, restart=restart, every=checkpoint_every)
     options = EngineOptions(
         device=world.device,
         batch_size=batch_size,
@@ -115,7 +134,7 @@ def run(
         skip_bad_images=skip_bad_images,
     )
     folder = open_image_folder(data, limit=limit)
-    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, init_seed=seed)
+    loaded.build()
     if world.is_main:
         # Before hours of work, not after: the outputs must have somewhere to go.
         check_writable(out / loaded.name)
@@ -135,6 +154,9 @@ def run(
     world.close()
     if not world.is_main:
         return
+    if warning := random_weights_warning(loaded.weights):
+        # Last, beside the numbers it qualifies (a user error stays the only line).
+        print(f"aabench: warning: {warning}", file=sys.stderr)
     if as_json:
         rows = [row for result in summaries for row in _headline(result.table)]
         typer.echo(json.dumps(rows, indent=1))

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aabench.errors import UserError
+from aabench.models.catalogue import FILTER_SIZES
 
-FILTER_SIZES = range(1, 8)
+__all__ = ["FILTER_SIZES", "BlurPool", "binomial_filter"]
 PAD_MODES = {"reflect": "reflect", "replicate": "replicate", "zero": "constant"}
 
 

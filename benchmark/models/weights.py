@@ -2,9 +2,13 @@
 
 Files are looked up by name in a local mirror directory first (``--weights-dir`` or
 ``AABENCH_WEIGHTS_DIR``), then in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``),
-and only then downloaded into that cache. A SHA-256 prefix in a file name (torch.hub's
+and only then downloaded into that cache (through a temporary file, verified before it is
+moved into place). A SHA-256 prefix in a file name (torch.hub's
 ``<stem>-<hash>.pth`` convention) is verified every time, for cached files too: the
 released bucket has served broken files before, and a wrong file gives wrong numbers.
+
+Nothing here imports torch until a checkpoint is read: finding, downloading and verifying
+files is plain Python, so `run` can settle its weights before it pays for torch.
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
+from typing import TYPE_CHECKING
+from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import urlopen
 
-import torch
-
 from aabench.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS_DIR_ENV = "AABENCH_WEIGHTS_DIR"
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
@@ -53,7 +59,8 @@ class WeightsRecord:
     file: str | None
     sha256: str | None
     licence: str
-    url: str | None = None
+    url: str | None = None  # where the file comes from (the mirror's URL with --weights-url)
+    weights_url: str | None = None  # the --weights-url / AABENCH_WEIGHTS_URL base, if given
 
     @property
     def random(self) -> bool:
@@ -66,11 +73,24 @@ class WeightsRecord:
 
 
 RANDOM_WEIGHTS = WeightsRecord(name="none", file=None, sha256=None, licence="n/a")
+RANDOM_WEIGHTS_WARNING = (
+    "random weights: --weights none initialises the model randomly, so its numbers "
+    "measure nothing about the model (they only show that the pipeline runs)"
+)
 
 
 def cache_dir() -> Path:
-    """torch.hub's checkpoint cache: ``$TORCH_HOME/hub/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch.hub's checkpoint cache: ``$TORCH_HOME/hub/checkpoints``.
+
+    Computed as torch.hub.get_dir() does ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else
+    ~/.cache/torch), without importing torch; once torch is loaded, torch.hub is asked,
+    so a torch.hub.set_dir() is honoured.
+    """
+    if "torch" in sys.modules:
+        return Path(sys.modules["torch"].hub.get_dir()) / "checkpoints"
+    xdg = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.path.expanduser(os.environ.get("TORCH_HOME", os.path.join(xdg, "torch")))
+    return Path(home) / "hub" / "checkpoints"
 
 
 def weights_dir(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -124,15 +144,30 @@ def check_is_checkpoint_file(path: Path) -> None:
         )
 
 
-def resolve_source(source: WeightsSource, mirror: Path | None = None) -> tuple[Path, str]:
-    """The local file for a known weights source and its SHA-256, downloading if needed."""
-    file_name = source.file_name
-    hash_prefix = expected_hash_prefix(file_name)
-    cached = cache_dir() / file_name
-    for candidate in ([mirror / file_name] if mirror else []) + [cached]:
+def local_copy(source: WeightsSource, mirror: Path | None = None) -> Path | None:
+    """Where the file already is, mirror first, then the cache; None if nowhere."""
+    cached = cache_dir() / source.file_name
+    for candidate in ([mirror / source.file_name] if mirror else []) + [cached]:
         if candidate.exists():
-            return candidate, verified_sha256(candidate, hash_prefix)
-    digest = download(source.url, cached, hash_prefix, licence=source.licence, mirror=mirror)
+            return candidate
+    return None
+
+
+def resolve_source(
+    source: WeightsSource, mirror: Path | None = None, wanted_by: str | None = None
+) -> tuple[Path, str]:
+    """The local file for a known weights source and its SHA-256, downloading if needed.
+
+    ``wanted_by``: the model name, for the `aabench weights fetch` hint when offline.
+    """
+    hash_prefix = expected_hash_prefix(source.file_name)
+    found = local_copy(source, mirror)
+    if found is not None:
+        return found, verified_sha256(found, hash_prefix)
+    cached = cache_dir() / source.file_name
+    digest = download(
+        source.url, cached, hash_prefix, licence=source.licence, mirror=mirror, wanted_by=wanted_by
+    )
     return cached, digest
 
 
@@ -142,11 +177,13 @@ def download(
     hash_prefix: str | None,
     licence: str | None = None,
     mirror: Path | None = None,
+    wanted_by: str | None = None,
+    announce: bool = True,
 ) -> str:
     """Download ``url`` to ``destination`` atomically, verifying the hash prefix first.
 
     Returns the SHA-256. Nothing is left at ``destination`` unless the file is complete
-    and verified.
+    and verified. ``announce``: say on stderr what is being downloaded, once connected.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     note = f" (licence: {licence})" if licence else ""
@@ -157,16 +194,14 @@ def download(
             try:
                 with urlopen(url, timeout=60) as response:
                     # Only once connected: offline, the error must be the one line printed.
-                    print(f"downloading {url} -> {destination}{note}", file=sys.stderr)
+                    if announce:
+                        print(f"downloading {url} -> {destination}{note}", file=sys.stderr)
                     while chunk := response.read(_CHUNK):
                         digest.update(chunk)
                         out.write(chunk)
             except (URLError, OSError, TimeoutError) as error:
-                where = f"{mirror} or {destination.parent}" if mirror else destination.parent
-                raise UserError(
-                    f"could not download {url} ({getattr(error, 'reason', error)}): download "
-                    f"it yourself and put {destination.name} in {where} (or a directory "
-                    f"given by --weights-dir / {WEIGHTS_DIR_ENV}), or pass --weights PATH"
+                raise DownloadError(
+                    url, error, _ways_out(destination, mirror, wanted_by, error)
                 ) from error
         hexdigest = digest.hexdigest()
         if hash_prefix and not hexdigest.startswith(hash_prefix):
@@ -180,6 +215,38 @@ def download(
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+class DownloadError(UserError):
+    """A download that did not complete: the URL, why, and what the user can do."""
+
+    def __init__(self, url: str, error: BaseException, ways_out: str) -> None:
+        self.url = url
+        self.reason = str(getattr(error, "reason", error))
+        super().__init__(f"could not download {url} ({self.reason}): {ways_out}")
+
+
+def _ways_out(
+    destination: Path, mirror: Path | None, wanted_by: str | None, error: BaseException
+) -> str:
+    where = f"{mirror} or {destination.parent}" if mirror else destination.parent
+    yourself = (
+        f"download it yourself and put {destination.name} in {where} (or a directory "
+        f"given by --weights-dir / {WEIGHTS_DIR_ENV})"
+    )
+    if wanted_by is None:
+        return f"{yourself}, or pass --weights PATH"
+    bucket = (
+        ", or use a mirror of the release bucket with --weights-url BASE"
+        if isinstance(error, HTTPError)
+        else ""
+    )
+    return (
+        f"on a machine with network run `aabench weights fetch {wanted_by} --weights-dir "
+        f"DIR` and bring DIR here (--weights-dir DIR), or {yourself}{bucket}, or pass "
+        "--weights PATH for your own checkpoint, or --weights none to try the pipeline "
+        "with random weights (measures nothing)"
+    )
 
 
 def resolve_user_weights(spec: str, known_file_names: frozenset[str]) -> tuple[Path, str]:
@@ -209,6 +276,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     state dict, ``{'state_dict': ...}``, ``{'model': ...}``; ``module.`` (DataParallel) and
     ``features.module.`` (the reference training script's AlexNet/VGG) prefixes are removed.
     """
+    import torch
+
     check_is_checkpoint_file(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -253,6 +322,8 @@ def _unwrap(loaded: object, path: Path) -> dict:
 
 
 def _normalise_state_dict(state: dict, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise UserError(

@@ -1,37 +1,41 @@
 """Model names -> a module in eval mode, its preprocessing and a record of its weights.
 
-Names:
-  ``<arch>``                torchvision baseline, IMAGENET1K_V1 weights (the papers' baselines)
-  ``<arch>_aa``             anti-aliased, filter size 4, released ``_lpf4_finetune`` weights
-  ``<arch>_aa<k>``          anti-aliased, filter size k, released from-scratch weights where
-  ``<arch>_lpf<k>``         they exist (same as ``_aa<k>``); any k in 1..7 for a user checkpoint
-  ``torchvision:<name>[.<WEIGHTS>]``  any torchvision classifier (default: its DEFAULT weights)
-  ``timm:<name>``           any timm model, with timm's own preprocessing (needs timm)
+The names and everything known about them before anything is built live in
+:mod:`aabench.models.catalogue` (torch-free). Here a name is resolved in two steps:
+first its weights are found (mirror, cache, or downloaded now) and verified, which needs
+no torch; then the module is built and the weights loaded, on first use.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-
-import torch
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING
 
 from aabench.errors import UserError
-from aabench.models import released
-from aabench.models.antialiased import ARCHITECTURES, build_antialiased
-from aabench.models.blurpool import FILTER_SIZES
+from aabench.models.catalogue import (
+    DEFAULT_FILTER_SIZE,
+    TORCHVISION_LICENCE,
+    ModelSpec,
+    _unknown,
+    available_models,
+    from_mirror,
+    is_cached,
+    known_file_names,
+    known_model_names,
+    parse_model_name,
+    released_hint,
+    torchvision_classifiers,
+    weights_base_url,
+)
 from aabench.models.preprocessing import Preprocessing
 from aabench.models.weights import (
     RANDOM_WEIGHTS,
     WeightsRecord,
-    WeightsSource,
-    cache_dir,
     checkpoint_filter_size,
     load_strict,
     read_state_dict,
@@ -40,135 +44,77 @@ from aabench.models.weights import (
     weights_dir,
 )
 
-TORCHVISION_LICENCE = "BSD-3-Clause (torchvision)"
-DEFAULT_FILTER_SIZE = 4
-_AA_NAME = re.compile(r"^(?P<arch>[a-z0-9_]+?)_(?:aa|lpf)(?P<k>\d*)$")
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+    from torch import nn
+
+__all__ = [
+    "DEFAULT_FILTER_SIZE",
+    "TORCHVISION_LICENCE",
+    "LoadedModel",
+    "ModelSpec",
+    "available_models",
+    "create_model",
+    "is_cached",
+    "known_model_names",
+    "parse_model_name",
+    "torchvision_classifiers",
+]
+
 # torchvision's DenseNet files predate its module names: "norm.1" for "norm1", etc.
 _OLD_DENSENET_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything the zoo knows about a name before anything is built or loaded."""
-
-    name: str
-    family: str  # "antialiased" | "torchvision" | "timm"
-    arch: str
-    filter_size: int | None = None
-    weights: WeightsSource | None = None  # the default weights; None: none released
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
-    torchvision_weights: str | None = None  # enum member name, for torchvision models
-
-
-@dataclass
 class LoadedModel:
-    spec: ModelSpec
-    module: nn.Module
-    preprocessing: Preprocessing
-    weights: WeightsRecord
+    """A model name resolved to its spec, preprocessing and weights record.
+
+    ``module`` is built (and its weights loaded) on first use, or by :meth:`build`: the
+    weights are settled first, without torch, so `run` can refuse unavailable weights
+    before it imports torch, opens data or starts workers.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        module: nn.Module | None = None,
+        preprocessing: Preprocessing | None = None,
+        weights: WeightsRecord = RANDOM_WEIGHTS,
+        builder: Callable[[], nn.Module] | None = None,
+    ) -> None:
+        if module is None and builder is None:
+            raise ValueError("LoadedModel needs a module or a builder")
+        self.spec = spec
+        self.preprocessing = preprocessing or spec.preprocessing
+        self.weights = weights
+        self._module = module
+        self._builder = builder
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def built(self) -> bool:
+        return self._module is not None
 
-def antialiased_spec(arch: str, filter_size: int, finetuned: bool, name: str) -> ModelSpec:
-    file_name = released.released_file(arch, filter_size, finetuned)
-    source = None
-    if file_name:
-        source = WeightsSource(
-            name=file_name.rsplit("-", 1)[0],
-            url=released.BASE_URL + file_name,
-            licence=released.LICENCE,
-        )
-    return ModelSpec(
-        name=name, family="antialiased", arch=arch, filter_size=filter_size, weights=source
-    )
+    @property
+    def module(self) -> nn.Module:
+        return self.build()
 
+    def build(self) -> nn.Module:
+        """The module in eval mode with its weights loaded (built once)."""
+        if self._module is None:
+            self._module = self._builder()
+            self._builder = None
+        return self._module
 
-def torchvision_spec(name: str, arch: str, weights_name: str | None) -> ModelSpec:
-    enum = torchvision.models.get_model_weights(arch)
-    try:
-        member = enum[weights_name] if weights_name else enum.DEFAULT
-    except KeyError:
-        valid = ", ".join(member.name for member in enum)
-        raise UserError(
-            f"torchvision has no weights {weights_name!r} for {arch}: use one of {valid}"
-        ) from None
-    transforms = member.transforms()
-    preprocessing = Preprocessing(
-        mean=tuple(transforms.mean),
-        std=tuple(transforms.std),
-        resize_size=int(transforms.resize_size[0]),
-        crop_size=int(transforms.crop_size[0]),
-        interpolation=transforms.interpolation.value,
-    )
-    source = WeightsSource(
-        name=f"{enum.__name__}.{member.name}", url=member.url, licence=TORCHVISION_LICENCE
-    )
-    return ModelSpec(
-        name=name,
-        family="torchvision",
-        arch=arch,
-        weights=source,
-        preprocessing=preprocessing,
-        torchvision_weights=member.name,
-    )
-
-
-def parse_model_name(name: str) -> ModelSpec:
-    """The spec of a model name, or a UserError that suggests the closest known names."""
-    if name.startswith("torchvision:"):
-        arch, _, weights_name = name.removeprefix("torchvision:").partition(".")
-        if arch not in torchvision_classifiers():
-            raise _unknown(name, arch, torchvision_classifiers(), prefix="torchvision:")
-        return torchvision_spec(name, arch, weights_name or None)
-    if name.startswith("timm:"):
-        return ModelSpec(name=name, family="timm", arch=name.removeprefix("timm:"))
-    if name in ARCHITECTURES:
-        return torchvision_spec(name, name, "IMAGENET1K_V1")
-    match = _AA_NAME.match(name)
-    if match and match["arch"] in ARCHITECTURES:
-        arch, digits = match["arch"], match["k"]
-        if not digits:
-            return antialiased_spec(arch, DEFAULT_FILTER_SIZE, finetuned=True, name=name)
-        if int(digits) in FILTER_SIZES:
-            return antialiased_spec(arch, int(digits), finetuned=False, name=name)
-        raise UserError(f"filter size in {name!r} must be 1..7, e.g. {arch}_aa4")
-    raise _unknown(name, name, known_model_names())
-
-
-def _unknown(name: str, looked_up: str, known: list[str], prefix: str = "") -> UserError:
-    close = difflib.get_close_matches(looked_up, known, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-    return UserError(
-        f"unknown model {name!r}: {hint + ' ' if hint else ''}`aabench models` lists every name"
-    )
-
-
-def torchvision_classifiers() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def known_model_names() -> list[str]:
-    """Every built-in name: baselines, _aa, and _aa<k> for k in 1..7."""
-    names = []
-    for arch in ARCHITECTURES:
-        names += [arch, f"{arch}_aa"] + [f"{arch}_aa{k}" for k in FILTER_SIZES]
-    return names
-
-
-def available_models() -> list[ModelSpec]:
-    return [parse_model_name(name) for name in known_model_names()]
-
-
-def is_cached(spec: ModelSpec, mirror: Path | None = None) -> bool:
-    if spec.weights is None:
-        return False
-    places = ([mirror] if mirror else []) + [cache_dir()]
-    return any((place / spec.weights.file_name).exists() for place in places)
+    def __repr__(self) -> str:
+        state = "built" if self.built else "not built"
+        return f"LoadedModel({self.name!r}, weights={self.weights.label!r}, {state})"
 
 
 def create_model(
@@ -176,43 +122,64 @@ def create_model(
     weights: str | None = None,
     weights_dir_path: str | os.PathLike | None = None,
     init_seed: int = 0,
+    weights_url: str | None = None,
+    build: bool = True,
 ) -> LoadedModel:
-    """Build ``name`` in eval mode and load its weights.
+    """Resolve ``name`` and its weights; build the module now unless ``build`` is False.
 
     ``weights``: None for the name's default (released or torchvision) weights, "none" for
     random initialisation, or a path / URL of any checkpoint in a supported container.
-    ``init_seed`` seeds the random initialisation, so "none" weights are reproducible.
+    Default weights are found in the mirror or the cache (verified), else downloaded now:
+    an error here means they cannot be had. ``weights_url``: a mirror of the release
+    bucket (else ``$AABENCH_WEIGHTS_URL``). ``init_seed`` seeds the random
+    initialisation, so "none" weights are reproducible. With ``build=False`` nothing
+    imports torch for the built-in names; the module is built on first use.
     """
     spec = parse_model_name(name)
     if spec.family == "timm":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            return _create_timm(spec, weights)
+        # timm finds its own weights while it builds: nothing to settle up front.
+        return _create_timm(spec, weights, init_seed)
     mirror = weights_dir(weights_dir_path)
+    base_url = weights_base_url(weights_url)
     if weights is None and spec.weights is None:
         raise UserError(
             f"no released weights for {name}"
-            f"{_released_hint(spec)}: pass --weights PATH for your own checkpoint, or "
+            f"{released_hint(spec)}: pass --weights PATH for your own checkpoint, or "
             "--weights none for random initialisation"
         )
-    state, record = None, RANDOM_WEIGHTS
+    path, record = None, RANDOM_WEIGHTS
     if weights is None:
-        path, digest = resolve_source(spec.weights, mirror)
-        state = read_state_dict(path)
+        source = from_mirror(spec.weights, base_url)
+        path, digest = resolve_source(source, mirror, wanted_by=name)
         record = WeightsRecord(
             name=spec.weights.name,
             file=str(path),
             sha256=digest,
             licence=spec.weights.licence,
-            url=spec.weights.url,
+            url=source.url,
+            weights_url=base_url,
         )
     elif weights != "none":
-        path, digest = resolve_user_weights(weights, _known_file_names())
-        state = read_state_dict(path)
+        path, digest = resolve_user_weights(weights, known_file_names())
         url = weights if "://" in weights else None
         record = WeightsRecord(
             name="user checkpoint", file=str(path), sha256=digest, licence="unknown", url=url
         )
+    loaded = LoadedModel(
+        spec=spec,
+        preprocessing=spec.preprocessing,
+        weights=record,
+        builder=partial(_load, spec, path, init_seed),
+    )
+    if build:
+        loaded.build()
+    return loaded
+
+
+def _load(spec: ModelSpec, path: Path | None, init_seed: int) -> nn.Module:
+    import torch
+
+    state = read_state_dict(path) if path is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         module = _build(spec, state)
@@ -220,12 +187,13 @@ def create_model(
         if spec.family == "torchvision":
             state = _rename_old_densenet_keys(state)
         load_strict(module, state, spec.name)
-    module.eval()
-    return LoadedModel(spec=spec, module=module, preprocessing=spec.preprocessing, weights=record)
+    return module.eval()
 
 
 def _build(spec: ModelSpec, state: dict[str, torch.Tensor] | None) -> nn.Module:
     if spec.family == "torchvision":
+        import torchvision
+
         return torchvision.models.get_model(spec.arch, weights=None)
     if state is not None:
         found = checkpoint_filter_size(state)
@@ -239,19 +207,9 @@ def _build(spec: ModelSpec, state: dict[str, torch.Tensor] | None) -> nn.Module:
                 f"checkpoint has filter size {found} but {spec.name} means filter size "
                 f"{spec.filter_size}: use --model {spec.arch}_aa{found}"
             )
+    from aabench.models.antialiased import build_antialiased
+
     return build_antialiased(spec.arch, spec.filter_size)
-
-
-def _released_hint(spec: ModelSpec) -> str:
-    if spec.family != "antialiased":
-        return ""
-    sizes = [k for k in FILTER_SIZES if released.released_file(spec.arch, k, finetuned=False)]
-    names = [f"{spec.arch}_aa"] + [f"{spec.arch}_aa{k}" for k in sizes]
-    return f" (released: {', '.join(names)})"
-
-
-def _known_file_names() -> frozenset[str]:
-    return frozenset(released.RELEASED_FILES.values())
 
 
 def _rename_old_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -262,7 +220,15 @@ def _rename_old_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch
     return renamed
 
 
-def _create_timm(spec: ModelSpec, weights: str | None) -> LoadedModel:
+def _create_timm(spec: ModelSpec, weights: str | None, init_seed: int) -> LoadedModel:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        return _build_timm(spec, weights)
+
+
+def _build_timm(spec: ModelSpec, weights: str | None) -> LoadedModel:
     try:
         timm = importlib.import_module("timm")
     except ImportError:
