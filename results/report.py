@@ -226,7 +226,16 @@ def _warnings(comparison) -> list[str]:
     for run in comparison.runs:
         for provenance in _provenances(getattr(run, "provenance", None)):
             found += [f"{run.label}: {w}" for w in provenance.get("warnings") or []]
-    return list(dict.fromkeys(found))
+    # The same warning of several runs ("random weights: ...") is one line naming them.
+    labels = sorted((str(run.label) for run in comparison.runs), key=len, reverse=True)
+    grouped: dict[str, list[str]] = {}
+    for line in dict.fromkeys(found):
+        label = next((lb for lb in labels if line.startswith(f"{lb}: ")), None)
+        text = line[len(label) + 2 :] if label is not None else line
+        grouped.setdefault(text, [])
+        if label is not None:
+            grouped[text].append(label)
+    return [f"{', '.join(names)}: {text}" if names else text for text, names in grouped.items()]
 
 
 def _provenances(value) -> list[dict]:
@@ -411,7 +420,9 @@ def _run_info(run, reference: bool) -> RunInfo:
     suites = MISSING
     if "suite" in table.columns:
         parts = []
-        for suite, rows in table.groupby("suite", sort=False):
+        groups = dict(list(table.groupby("suite", sort=False)))
+        for suite in _suite_order([str(s) for s in groups]):
+            rows = groups[suite]
             counts = sorted({int(n) for n in rows["n"].dropna()}) if "n" in rows.columns else []
             counts = [n for n in counts if n > 0]  # not-computed rows say n = 0
             counts_text = f" (n = {', '.join(str(n) for n in counts)})" if counts else ""
