@@ -42,7 +42,8 @@ def test_every_sequence_has_its_published_length_of_224_frames(base, name):
     [
         ("translate", 20),  # i - 20 = 0 px
         ("rotate", 15),  # i - 15 = 0 degrees
-        ("tilt", 15),
+        # not tilt: the release's camera puts the image plane at z = 1, so its 0 degree
+        # frame is scaled by f / (f + 1) (test_perturbations_recipe.py states it)
         ("shear", 15),
         ("scale", 24),  # (2.5 i + 40) / 100 = 1
         ("brightness", 15),  # value + (i - 15) 0.02 = + 0
