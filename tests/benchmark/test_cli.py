@@ -6,7 +6,9 @@ from aabench import __version__
 from aabench.cli import main
 from aabench.errors import UserError
 
-SUBCOMMANDS = ["run", "compare", "gate", "models", "suites", "make-imagenet-c", "bench"]
+SUBCOMMANDS = [
+    "run", "compare", "gate", "models", "suites", "weights", "make-imagenet-c", "bench"
+]  # fmt: skip
 
 
 def test_help_lists_every_subcommand(cli):

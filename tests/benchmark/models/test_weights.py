@@ -293,6 +293,37 @@ def test_cache_dir_follows_torch_home(cache):
     assert cache_dir() == cache
 
 
+@pytest.mark.parametrize(
+    "env",
+    [{"TORCH_HOME": "~/th"}, {"XDG_CACHE_HOME": "/xdg"}, {}],
+    ids=["torch-home", "xdg", "default"],
+)
+def test_cache_dir_without_torch_is_torch_hubs(env, monkeypatch):
+    # Computed without torch (for `run`'s up-front check) exactly as torch.hub does.
+    import sys
+
+    for key in ("TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    expected = Path(torch.hub.get_dir()) / "checkpoints"
+    monkeypatch.delitem(sys.modules, "torch")
+    assert cache_dir() == expected
+
+
+def test_download_error_for_a_model_names_the_three_ways_out(tmp_path, network):
+    network.fail(URLError("offline"))
+    with pytest.raises(UserError) as caught:
+        download(HOST + "tiny-00000000.pth", tmp_path / "tiny-00000000.pth", None, wanted_by="m")
+    message = str(caught.value)
+    assert message.startswith(f"could not download {HOST}tiny-00000000.pth (offline): ")
+    assert "aabench weights fetch m --weights-dir DIR" in message
+    assert f"put tiny-00000000.pth in {tmp_path}" in message
+    assert "--weights none" in message
+    assert "--weights-url" not in message  # only when the server answered (HTTP 403 ...)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tampered_cached_file_is_refused(tmp_path, cache, network):
     blob = checkpoint_bytes(tmp_path)
     bad = wrong_prefix(blob)
