@@ -540,6 +540,7 @@ th, td { border: 1px solid #ccc; padding: 0.15rem 0.45rem; text-align: left;
          vertical-align: top; overflow-wrap: break-word; }
 th { background: #f2f2f2; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.suite { white-space: nowrap; }
 td.stat { font-variant-numeric: tabular-nums; min-width: 12rem; }
 td.better, span.better { color: #1a7f37; } td.worse, span.worse { color: #c62828; }
 td.significant { font-weight: bold; }
@@ -606,8 +607,9 @@ def render_html(comparison, plots: list[Plot]) -> str:
             direction = {"better": " better", "worse": " worse"}.get(kind, "")
             first = row.suite != previous
             previous = row.suite
+            suite_cell = f'<td class="suite" rowspan="{spans[row.suite]}">{e(row.suite)}</td>'
             cells = [
-                *([f'<td rowspan="{spans[row.suite]}">{e(row.suite)}</td>'] if first else []),
+                *([suite_cell] if first else []),
                 f"<td>{e(_metric_label(row.metric, row.unit))}</td>",
                 f"<td>{e(row.direction)}</td>",
                 f'<td class="num">{e(row.reference)}</td>',
