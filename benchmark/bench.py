@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils.data import DataLoader
 
+from aabench.budget import check_budget
 from aabench.data.folder import ImageFolder
 from aabench.engine import (
     EngineOptions,
@@ -31,7 +32,6 @@ from aabench.engine import (
     evaluate,
     resolve_device,
 )
-from aabench.errors import UserError
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import Suite
 
@@ -86,20 +86,6 @@ class BenchResult:
     @property
     def pipeline_over_forward(self) -> float:
         return self.pipeline_views_per_second / self.forward_views_per_second
-
-
-def check_budget(seconds: float, images: int) -> None:
-    """Refuse a budget that measures nothing (called by the CLI before loading a model)."""
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise UserError(
-            f"--seconds must be a positive number of seconds, got {seconds}: it is the "
-            "time budget of the whole bench (a third per phase)"
-        )
-    if images < 1:
-        raise UserError(
-            f"--images must be at least 1, got {images}: it caps the images of the "
-            "pipeline and end-to-end phases"
-        )
 
 
 class Deadline:

@@ -57,20 +57,22 @@ def bench_command(
     Progress goes to stderr (none with --json); the rates are views actually run over
     the time actually spent, phase by phase.
     """
-    from aabench.bench import check_budget
+    from aabench.budget import check_budget
+    from aabench.models.zoo import create_model
+    from aabench.suites.params import build_suites
+    from aabench.suites.registry import get_suite
 
-    check_budget(seconds, images)  # before torch and the model load
+    # Every argument, and the weights, are settled before torch is imported.
+    check_budget(seconds, images)
+    (suite_object,) = build_suites([suite], [get_suite(suite)], assignments)
+    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, build=False)
 
     import torch
 
     from aabench.bench import bench
     from aabench.data.folder import open_image_folder
     from aabench.engine import EngineOptions, resolve_device
-    from aabench.models.zoo import create_model
-    from aabench.suites.params import build_suites
-    from aabench.suites.registry import get_suite
 
-    (suite_object,) = build_suites([suite], [get_suite(suite)], assignments)
     options = EngineOptions(
         device=device,
         batch_size=batch_size,
@@ -79,7 +81,7 @@ def bench_command(
         channels_last=channels_last,
         compile=compile_model,
     )
-    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir)
+    loaded.build()
     folder = open_image_folder(data)
     result = bench(
         loaded, suite_object, folder, options, images=images, seconds=seconds, quiet=as_json

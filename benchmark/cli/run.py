@@ -154,10 +154,13 @@ def run(
     world.close()
     if not world.is_main:
         return
-    if warning := random_weights_warning(loaded.weights):
-        # Last, beside the numbers it qualifies (a user error stays the only line).
-        print(f"aabench: warning: {warning}", file=sys.stderr)
     if as_json:
+        # Each suite's summary prints its warnings; JSON has no summary, so stderr does,
+        # last, beside the numbers they qualify (a user error stays the only line).
+        warnings = [random_weights_warning(loaded.weights)]
+        warnings += [w for result in summaries for w in result.provenance.get("warnings") or []]
+        for warning in dict.fromkeys(w for w in warnings if w):
+            print(f"aabench: warning: {warning}", file=sys.stderr)
         rows = [row for result in summaries for row in _headline(result.table)]
         typer.echo(json.dumps(rows, indent=1))
         return

@@ -7,7 +7,8 @@ from aabench.cli import main
 from aabench.errors import UserError
 
 SUBCOMMANDS = [
-    "run", "compare", "gate", "models", "suites", "weights", "make-imagenet-c", "bench"
+    "run", "compare", "gate", "models", "suites", "weights", "make-imagenet-c", "prepare-val",
+    "bench",
 ]  # fmt: skip
 
 

@@ -138,6 +138,24 @@ def test_run_argument_errors_import_no_torch(tmp_path, args, words):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--model", "nosuch"], ["unknown model 'nosuch'"]),
+        (["--model", "resnet18", "--suite", "shfit"], ["unknown suite 'shfit'"]),
+        (["--model", "resnet18", "--set", "nosuch=1"], ["unknown --set key nosuch"]),
+        (["--model", "resnet18", "--seconds", "0"], ["--seconds must be a positive"]),
+    ],
+    ids=["model", "suite", "set-key", "seconds"],
+)
+def test_bench_argument_errors_import_no_torch(tmp_path, args, words):
+    result = run_importtime(tmp_path, "-m", "aabench", "bench", *args)
+    line = user_error_line(result)
+    for word in words:
+        assert word in line
+    assert_torch_free(result)
+
+
 def test_run_refuses_unavailable_weights_before_torch_and_data(tmp_path):
     # Not cached, no mirror, no network: one line with the three ways out, before torch
     # is imported, the data opened or any output directory made.
