@@ -4,11 +4,16 @@
 with OpenCV (BGR -> RGB) and evaluated as they are: 224 x 224, never resized. The run's
 samples are the videos of the first requested perturbation; every other perturbation
 must hold the same videos.
+
+:func:`h264_round_trip` puts a generated sequence through the codec the release used
+(``--set encode=h264``), with the release's ffmpeg settings.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +138,73 @@ class ReleasedImageNetP:
                 )
             sequences[perturbation] = frames
         return sequences
+
+
+# The release's ffmpeg calls: ``-r 1 -framerate 1 -i img%d.png -vcodec libx264 -preset
+# veryslow`` with ``-tune grain`` (crf 23, x264's default) for the noise sequences and
+# ``-crf 20`` for the others. ffmpeg picks yuv444p for RGB PNG input (no -pix_fmt given).
+ENCODINGS = ("none", "h264")
+H264_PIXEL_FORMAT = "yuv444p"
+
+
+def h264_options(perturbation: str) -> dict[str, str]:
+    tuning = {"tune": "grain"} if is_noise(perturbation) else {"crf": "20"}
+    # x264's SIMD code (AVX-512 here) made a different stream from call to call, and its
+    # SIMD and C paths give different streams: its C code alone (asm=0) gives the same
+    # stream every time, on every CPU. About 3x slower: ~2 s per 31-frame sequence.
+    return {"preset": "veryslow", **tuning, "x264-params": "asm=0"}
+
+
+@cache
+def h264_encoder() -> str | None:
+    """Why H.264 encoding is unavailable here (None: it is available)."""
+    try:
+        import av
+    except ImportError:
+        return "PyAV is not installed (pip install av: its wheels include libx264)"
+    try:
+        av.codec.Codec("libx264", "w")
+    except Exception:  # any failure means: no encoder
+        return f"the installed PyAV {av.__version__} has no libx264 encoder"
+    return None
+
+
+def check_encoding(encode: str, generate: bool) -> str:
+    """``encode`` as given, or a UserError that says what to do instead."""
+    if encode not in ENCODINGS:
+        raise UserError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")
+    if encode != "none" and not generate:
+        raise UserError(
+            "encode applies to generated sequences: add --set generate=true "
+            "(the released videos are already H.264)"
+        )
+    if encode == "h264" and (problem := h264_encoder()):
+        raise UserError(f"--set encode=h264 needs an H.264 encoder: {problem}")
+    return encode
+
+
+def h264_round_trip(frames: np.ndarray, perturbation: str) -> np.ndarray:
+    """uint8 frames x H x W x 3 (RGB) -> the same frames after an H.264 MP4 (1 fps)
+    encode and decode, with the release's ffmpeg settings, decoded to RGB: the same
+    frames give the same result with the same PyAV build. Not the release's bytes: its
+    x264 build (and its CPU's SIMD paths) are not ours."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=1, options=h264_options(perturbation))
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = H264_PIXEL_FORMAT
+        stream.codec_context.thread_count = 1
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            picture = picture.reformat(format=H264_PIXEL_FORMAT)
+            picture.pts = index
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+    buffer.seek(0)
+    with av.open(buffer, "r") as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if len(decoded) != len(frames):
+        raise RuntimeError(f"H.264 round trip returned {len(decoded)} of {len(frames)} frames")
+    return np.stack(decoded)
