@@ -61,12 +61,17 @@ class ImageNetPSuite(Suite):
     perturbations: str = "geometric"  # geometric, all (the 10 test ones), or names
     difficulty: int = 1  # noise: which noise strength; others: the comparison stride
     generate: bool = False  # make the sequences from --data images instead of the MP4s
+    encode: str = "none"  # with generate: "h264" = the release's MP4 encode/decode round trip
     imagenet_p: str | None = None  # the released set's root (--imagenet-p)
     normalize_by: str | None = None  # a reference run's imagenet-p.csv (--normalize-by)
 
     def __post_init__(self):
         self.perturbation_list = P.parse_perturbations(self.perturbations)
         P.check_difficulty(self.difficulty)
+        # Imported here: aabench.data.imagenet_p loads torch, which `aabench suites` must not.
+        from aabench.data.imagenet_p import check_encoding
+
+        check_encoding(self.encode, self.generate)
         if self.generate and self.imagenet_p:
             raise UserError(
                 "--imagenet-p reads the released videos and --generate makes sequences "
@@ -89,9 +94,13 @@ class ImageNetPSuite(Suite):
             "perturbations": ",".join(self.perturbation_list),
             "difficulty": self.difficulty,
             "generate": self.generate,
+            "encode": self.encode,
             "imagenet_p": self.imagenet_p,
             "normalize_by": self.normalize_by,
         }
+        if self.generate:
+            # Generated frames depend on the generator: runs of another version differ.
+            parameters["generator_version"] = P.GENERATOR_VERSION
         if self.reference_run is not None:
             # Normalised values depend on the reference's numbers, not on its path: two
             # references of the same run id may still differ (another GPU, batch size).
@@ -106,6 +115,7 @@ class ImageNetPSuite(Suite):
         parameters = dict(provenance.get("parameters", {}))
         parameters.pop("reference_run_id", None)
         parameters.pop("reference_values_sha256", None)
+        parameters.pop("generator_version", None)
         parameters["normalize_by"] = None
         suite = cls(**parameters)
         if entry := provenance.get("normalization"):
@@ -148,6 +158,10 @@ class ImageNetPSuite(Suite):
                 )
                 for p in self.perturbation_list
             }
+            if self.encode == "h264":
+                from aabench.data.imagenet_p import h264_round_trip
+
+                sequences = {p: h264_round_trip(s, p) for p, s in sequences.items()}
         else:
             sequences = images
         shapes = {tuple(sequences[p].shape[1:]) for p in self.perturbation_list}
