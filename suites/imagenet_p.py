@@ -68,10 +68,7 @@ class ImageNetPSuite(Suite):
     def __post_init__(self):
         self.perturbation_list = P.parse_perturbations(self.perturbations)
         P.check_difficulty(self.difficulty)
-        # Imported here: aabench.data.imagenet_p loads torch, which `aabench suites` must not.
-        from aabench.data.imagenet_p import check_encoding
-
-        check_encoding(self.encode, self.generate)
+        P.check_encoding(self.encode, self.generate)
         if self.generate and self.imagenet_p:
             raise UserError(
                 "--imagenet-p reads the released videos and --generate makes sequences "
@@ -159,6 +156,7 @@ class ImageNetPSuite(Suite):
                 for p in self.perturbation_list
             }
             if self.encode == "h264":
+                # Imported here: it loads torch, which `aabench suites` must not wait for.
                 from aabench.data.imagenet_p import h264_round_trip
 
                 sequences = {p: h264_round_trip(s, p) for p, s in sequences.items()}

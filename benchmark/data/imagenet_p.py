@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from aabench.data.classes import wnid_to_index
 from aabench.data.folder import ImageFolder, Sample, spread_subset
-from aabench.data.perturbations import frame_count, is_noise
+from aabench.data.perturbations import H264_PIXEL_FORMAT, frame_count, h264_options, is_noise
 from aabench.engine import BadImage
 from aabench.errors import UserError
 
@@ -138,49 +137,6 @@ class ReleasedImageNetP:
                 )
             sequences[perturbation] = frames
         return sequences
-
-
-# The release's ffmpeg calls: ``-r 1 -framerate 1 -i img%d.png -vcodec libx264 -preset
-# veryslow`` with ``-tune grain`` (crf 23, x264's default) for the noise sequences and
-# ``-crf 20`` for the others. ffmpeg picks yuv444p for RGB PNG input (no -pix_fmt given).
-ENCODINGS = ("none", "h264")
-H264_PIXEL_FORMAT = "yuv444p"
-
-
-def h264_options(perturbation: str) -> dict[str, str]:
-    tuning = {"tune": "grain"} if is_noise(perturbation) else {"crf": "20"}
-    # x264's SIMD code (AVX-512 here) made a different stream from call to call, and its
-    # SIMD and C paths give different streams: its C code alone (asm=0) gives the same
-    # stream every time, on every CPU. About 3x slower: ~2 s per 31-frame sequence.
-    return {"preset": "veryslow", **tuning, "x264-params": "asm=0"}
-
-
-@cache
-def h264_encoder() -> str | None:
-    """Why H.264 encoding is unavailable here (None: it is available)."""
-    try:
-        import av
-    except ImportError:
-        return "PyAV is not installed (pip install av: its wheels include libx264)"
-    try:
-        av.codec.Codec("libx264", "w")
-    except Exception:  # any failure means: no encoder
-        return f"the installed PyAV {av.__version__} has no libx264 encoder"
-    return None
-
-
-def check_encoding(encode: str, generate: bool) -> str:
-    """``encode`` as given, or a UserError that says what to do instead."""
-    if encode not in ENCODINGS:
-        raise UserError(f"encode must be one of {', '.join(ENCODINGS)}, got {encode!r}")
-    if encode != "none" and not generate:
-        raise UserError(
-            "encode applies to generated sequences: add --set generate=true "
-            "(the released videos are already H.264)"
-        )
-    if encode == "h264" and (problem := h264_encoder()):
-        raise UserError(f"--set encode=h264 needs an H.264 encoder: {problem}")
-    return encode
 
 
 def h264_round_trip(frames: np.ndarray, perturbation: str) -> np.ndarray:
