@@ -1,10 +1,12 @@
 """AlexNet's ImageNet-C top-1 errors (fractions), severities 1..5: the normaliser of CE.
 
-First published in the hendrycks/robustness README (commit ac836a5, 2020-02). mCE is
-100 by definition for these numbers.
+Published in the hendrycks/robustness README: the table was added in commit 76d9393
+(2019-10-10) and removed in 5aa129e (2020-05-05). mCE is 100 by definition for these
+numbers. The clean error is not in that README: it is 100 - torchvision's documented
+acc@1 of AlexNet_Weights.IMAGENET1K_V1 (56.522).
 """
 
-CLEAN_ERROR = 0.43478  # torchvision AlexNet IMAGENET1K_V1, acc@1 56.522
+CLEAN_ERROR = 0.43478  # 1 - torchvision AlexNet IMAGENET1K_V1 acc@1 56.522 (its docs)
 
 ERRORS = {
     "gaussian_noise": (0.69528, 0.82542, 0.93554, 0.98138, 0.99452),
