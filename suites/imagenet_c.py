@@ -76,6 +76,9 @@ class ImageNetCSuite(Suite):
             corruptions=",".join(self.corruption_list),
             severities=",".join(map(str, self.severity_list)),
         )
+        if self.generate:
+            # Generated images depend on the generator: runs of another version differ.
+            parameters["generator_version"] = C.GENERATOR_VERSION
         return parameters
 
     def cells(self) -> list[tuple[str, int]]:

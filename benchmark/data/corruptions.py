@@ -6,6 +6,12 @@ One corrupted image is ``Resize(256) -> CenterCrop(224) -> corruption -> uint8 (
 global RNG (and takes ``seed=`` in impulse_noise and glass_blur): :func:`corrupt` seeds
 both from a seed that :func:`corruption_seed` derives from the image and the cell alone,
 so a file's bytes never depend on worker count or order.
+
+frost is the release's, not the library's: the library draws one of six frost pictures
+(``randint(6)``) and enlarges it by 1.1 before cropping; the release's
+``make_imagenet_c.py`` drew one of the first five (``randint(5)``: frost6 never appears in
+the released set) and cropped it as it is. :func:`frost` does the latter with the
+library's pictures. GENERATOR_VERSION, in a generated run's protocol, marks the change.
 """
 
 from __future__ import annotations
@@ -32,6 +38,46 @@ SEVERITIES = (1, 2, 3, 4, 5)
 JPEG_QUALITY = 85
 RESIZE, CROP = 256, 224
 PIPELINE = "Resize(256) -> CenterCrop(224) -> corruption -> uint8 -> JPEG q85"
+GENERATOR_VERSION = 2  # 2: frost drawn as the release drew it
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+FROST_MIX = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))  # image, frost
+
+
+@cache
+def frost_picture(index: int) -> np.ndarray:
+    """Frost picture ``index`` (0-based) of the installed library, as RGB uint8."""
+    import importlib.resources
+
+    import cv2
+
+    resource = importlib.resources.files("imagecorruptions") / "frost" / FROST_FILES[index]
+    with importlib.resources.as_file(resource) as path:
+        picture = cv2.imread(str(path))
+    if picture is None:
+        raise UserError(f"cannot read {resource}: reinstall imagecorruptions-imaug")
+    return picture[..., ::-1]
+
+
+def frost(x, severity: int = 1) -> np.ndarray:
+    """The release's frost, from NumPy's global RNG: picture randint(5), a crop at
+    (randint(0, H - h), randint(0, W - w)), then clip(a * x + b * crop, 0, 255).
+    An image larger than the picture (never a 224 crop) gets the picture enlarged first."""
+    image = np.asarray(x)
+    height, width = image.shape[:2]
+    picture = frost_picture(np.random.randint(len(FROST_FILES)))
+    if picture.shape[0] <= height or picture.shape[1] <= width:
+        import cv2
+
+        factor = max((height + 1) / picture.shape[0], (width + 1) / picture.shape[1])
+        size = (int(np.ceil(picture.shape[1] * factor)), int(np.ceil(picture.shape[0] * factor)))
+        picture = cv2.resize(np.ascontiguousarray(picture), size, interpolation=cv2.INTER_CUBIC)
+    top = np.random.randint(0, picture.shape[0] - height)
+    left = np.random.randint(0, picture.shape[1] - width)
+    crop = picture[top : top + height, left : left + width]
+    if image.ndim == 2:
+        crop = crop.mean(axis=-1)
+    weight_image, weight_frost = FROST_MIX[severity - 1]
+    return np.clip(weight_image * image + weight_frost * crop, 0, 255)
 
 
 @cache
@@ -52,7 +98,9 @@ def _functions() -> dict:
             f"the installed imagecorruptions module lacks {', '.join(missing)}: "
             "install imagecorruptions-imaug (pip install -U imagecorruptions-imaug)"
         )
-    return {name: corruption_dict[name] for name in ALL}
+    functions = {name: corruption_dict[name] for name in ALL}
+    functions["frost"] = frost  # drawn as the release drew it (see the module docstring)
+    return functions
 
 
 @cache
