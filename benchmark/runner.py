@@ -42,6 +42,32 @@ class SuiteResult:
     table: pd.DataFrame
     provenance: dict
     paths: dict[str, Path]
+    records: pd.DataFrame | None = None  # the samples; None when read back (--resume)
+
+
+# Provenance entries that say when and how fast this session ran: they differ between
+# two runs of the very same measurement (tables and samples files do not).
+TIMING_FIELDS = ("started", "finished", "seconds", "images_per_second", "views_per_second")
+
+
+def output_paths(directory: Path, suite: str) -> dict[str, Path]:
+    return {
+        "samples": directory / f"{suite}.samples.csv.gz",
+        "provenance": directory / f"{suite}.json",
+        "table": directory / f"{suite}.csv",
+    }
+
+
+def write_outputs(paths: dict[str, Path], records, provenance: dict, table) -> None:
+    """The three files of one suite, all or none: a failure (disk full) leaves the
+    earlier run's files as they were."""
+    write_together(
+        [
+            (paths["samples"], table_writer(records, paths["samples"])),
+            (paths["provenance"], json_writer(provenance)),
+            (paths["table"], table_writer(table, paths["table"])),
+        ]
+    )
 
 
 def random_weights_warning(weights: WeightsRecord) -> str | None:
@@ -101,17 +127,41 @@ def run_identity(
 ) -> dict:
     """What makes two runs the same measurement: the run id, and what a resumed run must
     share with the interrupted one."""
-    return {
+    identity = {
         "model": model.name,
         "weights_sha256": model.weights.sha256 or "none",
         "suite": suite.name,
         "parameters": suite.protocol(),
+        "preprocessing": model.preprocessing.to_dict(),
         "data": folder.fingerprint(),
         "data_source": data_source,
         "seed": seed,
         "amp": options.amp,
         "aabench": __version__,
     }
+    if model.identity() is not None:  # a module of the user's: its code's SHA-256s
+        identity["module"] = model.identity()
+    return identity
+
+
+def model_provenance(model: LoadedModel) -> dict:
+    """Preprocessing, and for a user's module where its code comes from."""
+    entries = {
+        "preprocessing": model.preprocessing.to_dict(),
+        "preprocessing_overrides": dict(model.overrides),
+    }
+    if model.source is not None:
+        source = model.source
+        entries["model_source"] = {
+            "source_files": source["source_files"],
+            "architecture_sha256": source["architecture_sha256"],
+        }
+        if "factory" in source:
+            entries["factory"] = {
+                key: source[key]
+                for key in ("factory", "factory_name", "factory_args", "factory_files")
+            }
+    return entries
 
 
 def run_suite(
@@ -120,11 +170,14 @@ def run_suite(
     folder: ImageFolder,
     options: EngineOptions,
     seed: int,
-    out: Path,
+    out: Path | None,
     world: World | None = None,
     checkpoints: CheckpointOptions | None = None,
 ) -> SuiteResult | None:
-    """Evaluate, summarise and write one suite; None on ranks other than 0."""
+    """Evaluate, summarise and write one suite; None on ranks other than 0.
+
+    ``out`` None: nothing is written and nothing checkpointed (the Python API); the
+    result holds the records, for :meth:`aabench.Result.save`."""
     world = world or World()
     checkpoints = checkpoints or CheckpointOptions()
     device = resolve_device(options.device)
@@ -132,12 +185,7 @@ def run_suite(
     weights = model.weights
     identity = run_identity(model, suite, folder, options, seed, data_source)
     run_id = run_id_for(identity)
-    directory = out / model.name
-    paths = {
-        "samples": directory / f"{suite.name}.samples.csv.gz",
-        "provenance": directory / f"{suite.name}.json",
-        "table": directory / f"{suite.name}.csv",
-    }
+    paths = output_paths(out / model.name, suite.name) if out is not None else {}
     session = {
         "started": datetime.now(timezone.utc).isoformat(),
         "device": str(device),
@@ -147,12 +195,16 @@ def run_suite(
         "channels_last": options.uses_channels_last(device),
         "compile": options.compile,
     }
-    partial = PartialRun(
-        partial_directory(out, model.name, suite.name), identity, world.rank, session
+    partial = (
+        PartialRun(partial_directory(out, model.name, suite.name), identity, world.rank, session)
+        if out is not None
+        else None
     )
     earlier: list[Part] = []
     plan = None
-    if world.is_main:
+    if partial is None:
+        plan = {"complete": False, "finished": []}
+    elif world.is_main:
         if checkpoints.resume and not partial.exists() and _finished(paths, run_id):
             plan = {"complete": True}
         else:
@@ -166,7 +218,9 @@ def run_suite(
         return SuiteResult(table=read_table(paths["table"]), provenance=provenance, paths=paths)
     finished = np.concatenate([np.zeros(0, np.int64), *plan["finished"]])
     todo = np.setdiff1d(np.arange(len(folder)), finished)
-    hooks = Hooks(save=partial.save, save_every=checkpoints.every, poll=world.poll)
+    hooks = Hooks(
+        save=partial.save if partial else None, save_every=checkpoints.every, poll=world.poll
+    )
     started = datetime.now(timezone.utc)
     evaluation = evaluate(
         model,
@@ -201,7 +255,7 @@ def run_suite(
         "dimensions": list(suite.dimensions),
         "data_source": data_source,
         **weights_provenance(weights),
-        "preprocessing": model.preprocessing.to_dict(),
+        **model_provenance(model),
         "data": {
             "root": str(folder.root),
             "fingerprint": folder.fingerprint(),
@@ -230,22 +284,16 @@ def run_suite(
         "resumed_images": int(sum(len(part) for part in earlier)),
         # The interrupted sessions' devices and batch sizes (the fields above are this
         # session's): their images' float rounding follows their batches.
-        "earlier_sessions": partial.earlier_sessions,
+        "earlier_sessions": partial.earlier_sessions if partial else [],
         "seconds": seconds,
         "images_per_second": new_images / seconds if seconds > 0 else math.nan,
         "views_per_second": new_views / seconds if seconds > 0 else math.nan,
         **suite.extra_provenance(),
     }
-    # All three or none: a failure (disk full) leaves the earlier run's files as they were.
-    write_together(
-        [
-            (paths["samples"], table_writer(records, paths["samples"])),
-            (paths["provenance"], json_writer(provenance)),
-            (paths["table"], table_writer(table, paths["table"])),
-        ]
-    )
-    partial.remove()
-    return SuiteResult(table=table, provenance=provenance, paths=paths)
+    if partial is not None:
+        write_outputs(paths, records, provenance, table)
+        partial.remove()
+    return SuiteResult(table=table, provenance=provenance, paths=paths, records=records)
 
 
 def _finished(paths: dict[str, Path], run_id: str) -> bool:

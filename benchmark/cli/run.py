@@ -80,8 +80,23 @@ def run(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = JSON,
+    factory_args: list[str] = typer.Option(
+        [],
+        "--factory-arg",
+        help="python: models: key=value for the factory (repeatable; typed by its "
+        "annotations, else as Python literals).",
+    ),
+    name: str = typer.Option(
+        None, "--name", help="The model's name in the outputs (default: its own)."
+    ),
+    resize: int = typer.Option(None, "--resize", help="Resize the short side to N px."),
+    crop: int = typer.Option(None, "--crop", help="Centre crop of N px (the model's input)."),
+    interpolation: str = typer.Option(None, "--interpolation", help="bilinear or bicubic."),
+    mean: str = typer.Option(None, "--mean", help="Normalisation mean: R,G,B."),
+    std: str = typer.Option(None, "--std", help="Normalisation std: R,G,B."),
 ) -> None:
     """Run benchmark suites on a model and write tidy tables with provenance."""
+    from aabench.models.custom import preprocessing_overrides
     from aabench.models.zoo import create_model
     from aabench.suites.params import build_suites
     from aabench.suites.registry import get_suite
@@ -104,6 +119,13 @@ def run(
             assignments = [*assignments, assignment]
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
     # Default weights are found (mirror, cache: verified) or downloaded now, up front.
+    preprocessing = {
+        "resize_size": resize,
+        "crop_size": crop,
+        "interpolation": interpolation,
+        "mean": mean,
+        "std": std,
+    }
     loaded = create_model(
         model,
         weights=weights,
@@ -111,6 +133,9 @@ def run(
         init_seed=seed,
         weights_url=weights_url,
         build=False,
+        preprocessing=preprocessing_overrides(preprocessing, cli=True),
+        factory_args=factory_args,
+        display_name=name,
     )
 
     from aabench import distributed

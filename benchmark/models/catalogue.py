@@ -7,6 +7,8 @@ Names:
   ``<arch>_lpf<k>``         they exist (same as ``_aa<k>``); any k in 1..7 for a user checkpoint
   ``torchvision:<name>[.<WEIGHTS>]``  any torchvision classifier (default: its DEFAULT weights)
   ``timm:<name>``           any timm model, with timm's own preprocessing (needs timm)
+  ``python:PATH.py:FACTORY``  your own model: a factory returning an nn.Module (or a
+  ``python:module:FACTORY``   (module, preprocessing) pair), see aabench.models.custom
 
 Everything for the built-in names (architectures, filter sizes, weights files, URLs,
 SHA-256 prefixes, licences, preprocessing) is data here, so `aabench models`, `aabench
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aabench.errors import UserError
-from aabench.models import released
+from aabench.models import custom, released
 from aabench.models.preprocessing import Preprocessing
 from aabench.models.weights import WeightsSource, cache_dir
 
@@ -71,12 +73,13 @@ class ModelSpec:
     """Everything the zoo knows about a name before anything is built or loaded."""
 
     name: str
-    family: str  # "antialiased" | "torchvision" | "timm"
+    family: str  # "antialiased" | "torchvision" | "timm" | "python"
     arch: str
     filter_size: int | None = None
     weights: WeightsSource | None = None  # the default weights; None: none released
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     torchvision_weights: str | None = None  # enum member name, for torchvision models
+    factory: custom.FactoryTarget | None = None  # for python: names
 
 
 def antialiased_spec(arch: str, filter_size: int, finetuned: bool, name: str) -> ModelSpec:
@@ -169,6 +172,10 @@ def parse_model_name(name: str) -> ModelSpec:
         return torchvision_spec(name, arch, weights_name or None)
     if name.startswith("timm:"):
         return ModelSpec(name=name, family="timm", arch=name.removeprefix("timm:"))
+    if custom.is_factory_name(name):
+        target = custom.parse_target(name)
+        custom.check_target(target)
+        return ModelSpec(name=target.factory, family="python", arch=name, factory=target)
     if name in BASELINE_FILES:
         return baseline_spec(name)
     match = _AA_NAME.match(name)
@@ -196,6 +203,27 @@ def torchvision_classifiers() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+# timm's anti-aliased models (`aabench models --family timm-aa`): BlurPool ResNets
+# (resnetblur*), the ResNet-D family built with aa_layer (resnetaa*, seresnetaa*,
+# seresnextaa*, resnextaa*) and TResNet, whose stride-2 blocks blur before subsampling.
+TIMM_AA_PATTERNS = ("*blur*", "resnetaa*", "resnextaa*", "seresnetaa*", "seresnextaa*", "tresnet*")
+
+
+def timm_antialiased_models() -> list[ModelSpec]:
+    """timm's anti-aliased models, asked of timm (which imports torch)."""
+    import importlib
+
+    try:
+        timm = importlib.import_module("timm")
+    except ImportError:
+        raise UserError(
+            "--family timm-aa lists timm's models, and timm is not installed: "
+            "pip install 'aabench[timm]'"
+        ) from None
+    names = sorted(set(timm.list_models(list(TIMM_AA_PATTERNS))))
+    return [ModelSpec(name=f"timm:{n}", family="timm-aa", arch=n) for n in names]
 
 
 def known_model_names() -> list[str]:

@@ -64,15 +64,27 @@ class WeightsRecord:
 
     @property
     def random(self) -> bool:
-        return self.file is None
+        return self.file is None and self.name == "none"
 
     @property
     def label(self) -> str:
-        """Short form for tables: the file name, or "none" for random initialisation."""
-        return Path(self.file).name if self.file else "none"
+        """Short form for tables: the file name, "none" for random initialisation, or
+        "state-<SHA-256 prefix>" for a module's own weights (no file: an in-memory module
+        or a factory's own initialisation)."""
+        if self.file:
+            return Path(self.file).name
+        return f"state-{self.sha256[:12]}" if self.sha256 else "none"
 
 
 RANDOM_WEIGHTS = WeightsRecord(name="none", file=None, sha256=None, licence="n/a")
+# A module's own weights, not read from a file: ``sha256`` is its state dict's digest.
+OWN_WEIGHTS_NAME = "module's own"
+
+
+def own_weights(state_sha256: str) -> WeightsRecord:
+    return WeightsRecord(name=OWN_WEIGHTS_NAME, file=None, sha256=state_sha256, licence="unknown")
+
+
 RANDOM_WEIGHTS_WARNING = (
     "random weights: --weights none initialises the model randomly, so its numbers "
     "measure nothing about the model (they only show that the pipeline runs)"

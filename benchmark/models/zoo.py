@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aabench.errors import UserError
+from aabench.models import custom
 from aabench.models.catalogue import (
     DEFAULT_FILTER_SIZE,
     TORCHVISION_LICENCE,
@@ -75,6 +76,12 @@ class LoadedModel:
     ``module`` is built (and its weights loaded) on first use, or by :meth:`build`: the
     weights are settled first, without torch, so `run` can refuse unavailable weights
     before it imports torch, opens data or starts workers.
+
+    ``preprocessing`` is the model's own (``base_preprocessing``: its name's, timm's,
+    or what a factory returned) with ``overrides`` applied (``--resize``, ``--crop``,
+    ``--interpolation``, ``--mean``, ``--std``). ``source``: for a module that is not a
+    built-in (a ``python:`` factory, a module given to :func:`aabench.evaluate`), what
+    identifies its code (files and SHA-256s, see :func:`custom.module_identity`).
     """
 
     def __init__(
@@ -84,18 +91,32 @@ class LoadedModel:
         preprocessing: Preprocessing | None = None,
         weights: WeightsRecord = RANDOM_WEIGHTS,
         builder: Callable[[], nn.Module] | None = None,
+        overrides: dict | None = None,
+        name: str | None = None,
+        source: dict | None = None,
     ) -> None:
         if module is None and builder is None:
             raise ValueError("LoadedModel needs a module or a builder")
         self.spec = spec
-        self.preprocessing = preprocessing or spec.preprocessing
+        self.base_preprocessing = preprocessing or spec.preprocessing
+        self.overrides = dict(overrides or {})
         self.weights = weights
+        self.source = source
+        self._name = name
         self._module = module
         self._builder = builder
+        if self.spec.family != "python" or module is not None:
+            self.preprocessing  # noqa: B018 - a crop larger than the resize fails now
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self._name or self.spec.name
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        if self.spec.family == "python" and not self.built:
+            self.build()  # a factory may return its own preprocessing
+        return custom.apply_overrides(self.base_preprocessing, self.overrides)
 
     @property
     def built(self) -> bool:
@@ -108,9 +129,19 @@ class LoadedModel:
     def build(self) -> nn.Module:
         """The module in eval mode with its weights loaded (built once)."""
         if self._module is None:
-            self._module = self._builder()
-            self._builder = None
+            builder, self._builder = self._builder, None
+            self._module = builder()
         return self._module
+
+    def identity(self) -> dict | None:
+        """The code identity that enters the run id: SHA-256s only (paths differ between
+        machines, contents do not)."""
+        if self.source is None:
+            return None
+        return {
+            "source_sha256": sorted(f["sha256"] for f in self.source["source_files"]),
+            "architecture_sha256": self.source["architecture_sha256"],
+        }
 
     def __repr__(self) -> str:
         state = "built" if self.built else "not built"
@@ -124,6 +155,9 @@ def create_model(
     init_seed: int = 0,
     weights_url: str | None = None,
     build: bool = True,
+    preprocessing: dict | None = None,
+    factory_args: list[str] | dict[str, str] | None = None,
+    display_name: str | None = None,
 ) -> LoadedModel:
     """Resolve ``name`` and its weights; build the module now unless ``build`` is False.
 
@@ -134,11 +168,30 @@ def create_model(
     bucket (else ``$AABENCH_WEIGHTS_URL``). ``init_seed`` seeds the random
     initialisation, so "none" weights are reproducible. With ``build=False`` nothing
     imports torch for the built-in names; the module is built on first use.
+
+    ``preprocessing``: overrides of the model's own (resize_size, crop_size,
+    interpolation, mean, std). ``factory_args``: ``key=value`` strings (or a dict of raw
+    strings) for a ``python:`` factory. ``display_name``: the name in the outputs.
     """
+    overrides = custom.preprocessing_overrides(preprocessing or {})
+    if display_name is not None:
+        check_display_name(display_name)
     spec = parse_model_name(name)
+    raw_args = (
+        dict(factory_args)
+        if isinstance(factory_args, dict)
+        else custom.parse_factory_args(factory_args)
+    )
+    if raw_args and spec.family != "python":
+        raise UserError(f"--factory-arg is for python: models (a factory of your own), not {name}")
     if spec.family == "timm":
         # timm finds its own weights while it builds: nothing to settle up front.
-        return _create_timm(spec, weights, init_seed)
+        loaded = _create_timm(spec, weights, init_seed)
+        loaded.overrides, loaded._name = overrides, display_name
+        loaded.preprocessing  # noqa: B018 - checks the overrides against timm's sizes
+        return loaded
+    if spec.family == "python":
+        return _create_python(spec, weights, init_seed, raw_args, overrides, display_name, build)
     mirror = weights_dir(weights_dir_path)
     base_url = weights_base_url(weights_url)
     if weights is None and spec.weights is None:
@@ -160,20 +213,79 @@ def create_model(
             weights_url=base_url,
         )
     elif weights != "none":
-        path, digest = resolve_user_weights(weights, known_file_names())
-        url = weights if "://" in weights else None
-        record = WeightsRecord(
-            name="user checkpoint", file=str(path), sha256=digest, licence="unknown", url=url
-        )
+        path, record = _user_weights(weights)
     loaded = LoadedModel(
         spec=spec,
         preprocessing=spec.preprocessing,
         weights=record,
         builder=partial(_load, spec, path, init_seed),
+        overrides=overrides,
+        name=display_name,
     )
     if build:
         loaded.build()
     return loaded
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+:-]*$")
+
+
+def check_display_name(name: str) -> None:
+    """A name for the outputs is a directory name too (``<out>/<name>/``)."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise UserError(
+            f"--name {name!r} cannot name the outputs' directory: use letters, digits and "
+            "_ . + : - (starting with a letter or digit)"
+        )
+
+
+def _user_weights(weights: str) -> tuple[Path, WeightsRecord]:
+    path, digest = resolve_user_weights(weights, known_file_names())
+    url = weights if "://" in weights else None
+    return path, WeightsRecord(
+        name="user checkpoint", file=str(path), sha256=digest, licence="unknown", url=url
+    )
+
+
+def _create_python(
+    spec: ModelSpec,
+    weights: str | None,
+    init_seed: int,
+    raw_args: dict[str, str],
+    overrides: dict,
+    display_name: str | None,
+    build: bool,
+) -> LoadedModel:
+    """A ``python:`` factory's model: the checkpoint (if any) is found and hashed now,
+    the factory is imported and called on first use."""
+    path, record = (None, RANDOM_WEIGHTS) if weights in (None, "none") else _user_weights(weights)
+    loaded = LoadedModel(spec=spec, weights=record, overrides=overrides, name=display_name,
+                         builder=lambda: None)  # fmt: skip
+    loaded._builder = partial(_build_python, loaded, path, weights is None, init_seed, raw_args)
+    if build:
+        loaded.build()
+    return loaded
+
+
+def _build_python(
+    loaded: LoadedModel, path: Path | None, own: bool, init_seed: int, raw_args: dict
+) -> nn.Module:
+    from aabench.models.weights import own_weights
+
+    target = loaded.spec.factory
+    module, preprocessing, record = custom.build_from_factory(target, raw_args, init_seed)
+    if path is not None:
+        load_strict(module, read_state_dict(path), f"factory {record['factory_name']}")
+    module.eval()
+    if preprocessing is not None:
+        loaded.base_preprocessing = preprocessing
+    if loaded._name is None:
+        loaded._name = record["factory_name"]
+    files = [Path(f["file"]) for f in record["factory_files"]]
+    loaded.source = {**record, **custom.module_identity(module, files)}
+    if own:  # no --weights: the factory's own weights, recorded by their digest
+        loaded.weights = own_weights(custom.state_sha256(module))
+    return module
 
 
 def _load(spec: ModelSpec, path: Path | None, init_seed: int) -> nn.Module:
