@@ -60,6 +60,16 @@ def mismatches(reference: RunData, candidate: RunData) -> list[str]:
         cand_data = cand.get("data", {}).get("fingerprint")
         if ref_data != cand_data:
             found.append(f"different data: {ref_data} vs {cand_data}")
+        # The images a model sees (resize, crop, interpolation, normalisation) are part
+        # of the protocol: --crop 288 and the default 224 measure different things.
+        ref_pre, cand_pre = ref.get("preprocessing"), cand.get("preprocessing")
+        if ref_pre and cand_pre and ref_pre != cand_pre:
+            keys = {*ref_pre, *cand_pre}
+            differing = sorted(k for k in keys if ref_pre.get(k) != cand_pre.get(k))
+            found.append(
+                "different preprocessing: "
+                + ", ".join(f"{k} {ref_pre.get(k)} vs {cand_pre.get(k)}" for k in differing)
+            )
         if ref.get("data_source") != cand.get("data_source"):
             found.append(
                 f"different data sources: {ref.get('data_source')} vs {cand.get('data_source')}"

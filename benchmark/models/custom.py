@@ -516,13 +516,26 @@ def module_identity(module: nn.Module, extra_files: list[Path] = ()) -> dict:
         cls = type(sub)
         if cls.__module__.split(".")[0] == "torch":
             continue
-        found = _source_file(cls)
+        found = _class_file(cls)
         if found:
             paths.add(found)
     return {
         "source_files": [{"file": str(p), "sha256": sha256_of(p)} for p in sorted(paths)],
         "architecture_sha256": hashlib.sha256(repr(module).encode()).hexdigest(),
     }
+
+
+def _class_file(cls) -> Path | None:
+    """A class's source file; through its methods' code when its module is not in
+    sys.modules (a file loaded with importlib's spec_from_file_location, say)."""
+    found = _source_file(cls)
+    if found:
+        return found
+    for value in vars(cls).values():
+        code = getattr(value, "__code__", None)
+        if code is not None and Path(code.co_filename).is_file():
+            return Path(code.co_filename).resolve()
+    return None
 
 
 def state_sha256(module: nn.Module) -> str:
