@@ -14,7 +14,10 @@ pd = lazy_module("pandas")  # imported on first use (see aabench.lazy)
 @dataclass
 class AccuracySuite(Suite):
     name = "accuracy"
-    description = "Top-1 / top-5 accuracy on the centre crop."
+    description = (
+        "Top-1 / top-5 accuracy on the centre crop: the model's resize and crop "
+        "(--resize, --crop; 256 and 224 by default)."
+    )
     headline = ("top1", "top5")
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "top1": Metric("%", True, "top-1 accuracy", outcome=True),

@@ -21,7 +21,11 @@ torch = lazy_module("torch")
 @dataclass
 class DiagonalSuite(Suite):
     name = "diagonal"
-    description = "Diagonal shift: accuracy and p(true class) against offset, wobble, flips."
+    description = (
+        "Diagonal shift: accuracy and p(true class) against offset, wobble, flips. Crops of "
+        "the model's crop c at (o, o), o = 0..max_offset, from a (c + max_offset) centre "
+        "crop (224 of 256 by default)."
+    )
     headline = ("accuracy", "wobble", "flips")
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "accuracy": Metric(

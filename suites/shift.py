@@ -29,7 +29,11 @@ MODES = ("crop", "circular")
 @dataclass
 class ShiftSuite(Suite):
     name = "shift"
-    description = "Random-shift consistency: agreement of predictions on two shifted crops."
+    description = (
+        "Random-shift consistency: agreement of predictions on two shifted crops. Geometry "
+        "relative to the model's crop c: crops of c from a (c + max_shift) centre crop "
+        "(224 of 256 by default); mode=circular rolls the c crop itself."
+    )
     headline = ("consistency", "accuracy")
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "consistency": Metric("%", True, "pairs of shifted views with the same top-1"),
