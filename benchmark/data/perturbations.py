@@ -387,7 +387,7 @@ def h264_encoder() -> str | None:
     try:
         import av
     except ImportError:
-        return "PyAV is not installed (pip install av: its wheels include libx264)"
+        return 'PyAV is not installed: pip install "aabench[h264]" (its wheels include libx264)'
     try:
         av.codec.Codec("libx264", "w")
     except Exception:  # any failure means: no encoder
