@@ -43,6 +43,18 @@ class Comparison:
     unpaired: list[str] = field(default_factory=list)
 
 
+def differing_keys(reference: dict, candidate: dict) -> str:
+    """The keys whose values differ, as "key: reference vs candidate" ("-" where a run
+    lacks the key), so a refusal names what differs rather than printing both dicts."""
+    missing = "-"
+    keys = sorted({*reference, *candidate}, key=str)
+    return "; ".join(
+        f"{key}: {reference.get(key, missing)} vs {candidate.get(key, missing)}"
+        for key in keys
+        if reference.get(key, missing) != candidate.get(key, missing)
+    )
+
+
 def mismatches(reference: RunData, candidate: RunData) -> list[str]:
     """Why two runs do not measure the same thing (empty: comparable)."""
     found = []
@@ -54,7 +66,8 @@ def mismatches(reference: RunData, candidate: RunData) -> list[str]:
         cand_protocol = cand.get("protocol", cand.get("parameters"))
         if ref_protocol != cand_protocol:
             found.append(
-                f"{reference.suite} protocol parameters differ: {ref_protocol} vs {cand_protocol}"
+                f"{reference.suite} protocol parameters differ: "
+                + differing_keys(ref_protocol or {}, cand_protocol or {})
             )
         ref_data = ref.get("data", {}).get("fingerprint")
         cand_data = cand.get("data", {}).get("fingerprint")
