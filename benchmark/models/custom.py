@@ -91,7 +91,7 @@ def _module_file(module: str, name: str) -> Path | None:
     if module in sys.modules:
         found = getattr(sys.modules[module], "__file__", None)
         return Path(found).resolve() if found else None
-    search = None
+    search = _module_path()
     spec = None
     for depth, part in enumerate(module.split(".")):
         spec = importlib.machinery.PathFinder.find_spec(part, search)
@@ -104,6 +104,26 @@ def _module_file(module: str, name: str) -> Path | None:
         search = spec.submodule_search_locations
     origin = getattr(spec, "origin", None)
     return Path(origin).resolve() if origin and origin.endswith(".py") else None
+
+
+def _module_path() -> list[str]:
+    """Where a module name is looked for: sys.path, then the current directory (which
+    `python -m` puts on sys.path, and the `aabench` script does not), last, so it never
+    shadows an installed module."""
+    cwd = str(Path.cwd())
+    return [*sys.path, cwd] if cwd not in sys.path and "" not in sys.path else list(sys.path)
+
+
+@contextlib.contextmanager
+def _module_search():
+    extra = [p for p in _module_path() if p not in sys.path]
+    sys.path.extend(extra)
+    try:
+        yield
+    finally:
+        for entry in extra:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
 
 
 def check_target(target: FactoryTarget) -> None:
@@ -292,7 +312,7 @@ def import_factory(target: FactoryTarget):
     check_target(target)
     directory = None if target.is_module else target.file.parent
     try:
-        with _beside(directory):
+        with _beside(directory), _module_search():
             if target.is_module:
                 module = importlib.import_module(target.location)
             else:
@@ -447,7 +467,10 @@ def preprocessing_overrides(values: dict, cli: bool = False) -> dict:
         field_name = _ALIASES.get(key, key)
         label = _FLAGS.get(field_name, f"--{field_name}") if cli else f"preprocessing {key!r}"
         if field_name not in known:
-            raise UserError(f"{label}: unknown; use {', '.join(sorted(known))} (or resize, crop)")
+            raise UserError(
+                f"unknown preprocessing key {key!r}: use {', '.join(sorted(known))} "
+                "(or resize, crop)"
+            )
         if value is None:
             continue
         if field_name in ("resize_size", "crop_size"):
