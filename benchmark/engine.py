@@ -260,6 +260,7 @@ class PreparedModel:
         device: torch.device,
         options: EngineOptions,
         ranks: bool = False,
+        suite: Suite | None = None,
     ):
         self.device = device
         self.ranks = ranks
@@ -269,6 +270,9 @@ class PreparedModel:
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = torch.compile(module) if options.compile else module
+        # A suite's own reduction of each pass (Suite.device_reduction), replacing the
+        # logits reduction below; it gets the uncompiled module to hook into.
+        self.reduction = suite.device_reduction(module) if suite is not None else None
         pre = model.preprocessing
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
@@ -293,20 +297,34 @@ class PreparedModel:
         # this copy to finish.
         return staging.to(self.device, non_blocking=True)
 
-    @torch.inference_mode()
-    def logits(self, views: torch.Tensor) -> torch.Tensor:
+    def inputs(self, views: torch.Tensor) -> torch.Tensor:
+        """uint8 views -> the model's normalised input on the device."""
         x = self.upload(views).float()
         # (x/255 - mean)/std, folded into one subtraction and one division.
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor):
+        """The model on normalised inputs, under the run's AMP setting."""
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=bool(self.amp_dtype)
         ):
-            return self.module(x).float()
+            return self.module(x)
 
     @torch.inference_mode()
-    def reduce(self, views: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    def logits(self, views: torch.Tensor) -> torch.Tensor:
+        return self.forward(self.inputs(views)).float()
+
+    @torch.inference_mode()
+    def reduce(
+        self, views: torch.Tensor, labels: torch.Tensor, info: dict | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per-view outputs of one pass; ``info``: each view's image position and the
+        suite's metadata, given to a suite's own reduction."""
+        if self.reduction is not None:
+            return self.reduction(self.forward, self.inputs(views), labels.to(self.device), info)
         logits = self.logits(views)
         labels = labels.to(self.device)
         probs = logits.softmax(dim=1)
@@ -351,7 +369,7 @@ def evaluate(
     in ``folder``)."""
     device = device or resolve_device(options.device)
     hooks = hooks or Hooks()
-    prepared = PreparedModel(model, device, options, ranks=suite.ranks)
+    prepared = PreparedModel(model, device, options, ranks=suite.ranks, suite=suite)
     dataset = ViewDataset(folder, suite, model, seed, source, positions)
     per_image = max(1, suite.views_per_image())
     loader = DataLoader(
@@ -507,6 +525,8 @@ class _ViewBatcher:
         self.pending: list[torch.Tensor] = []
         self.pending_labels: list[torch.Tensor] = []
         self.pending_count = 0
+        # Each pending view's image position and metadata, for a suite's own reduction.
+        self.pending_info: list[dict[str, np.ndarray]] = []
         # Sizes of the pending atomic runs, oldest first; a free view is a run of one.
         self.pending_runs: collections.deque[int] = collections.deque()
         self.positions: list[np.ndarray] = []
@@ -522,6 +542,9 @@ class _ViewBatcher:
         self.pending.append(views)
         self.pending_labels.append(torch.full((count,), label, dtype=torch.int64))
         self.pending_count += count
+        if self.model.reduction is not None:
+            info = {"position": np.full(count, item["position"], dtype=np.int64)}
+            self.pending_info.append({**info, **item["meta"]})
         runs = item.get("groups")
         self.pending_runs.extend(runs if runs is not None else [1] * count)
         self.positions.append(np.full(count, item["position"], dtype=np.int64))
@@ -550,7 +573,9 @@ class _ViewBatcher:
             done += self._run(self._next_pass())
         return done
 
-    def _reduce_halving(self, views: torch.Tensor, labels: torch.Tensor) -> dict:
+    def _reduce_halving(
+        self, views: torch.Tensor, labels: torch.Tensor, info: dict | None = None
+    ) -> dict:
         """Reduce in chunks of ``batch_size``; on CUDA out-of-memory halve it and retry.
 
         Outputs do not depend on the chunking (eval mode: every view is independent), so
@@ -563,6 +588,12 @@ class _ViewBatcher:
             try:
                 parts = [
                     self.model.reduce(views[i : i + chunk], labels[i : i + chunk])
+                    if info is None
+                    else self.model.reduce(
+                        views[i : i + chunk],
+                        labels[i : i + chunk],
+                        {key: value[i : i + chunk] for key, value in info.items()},
+                    )
                     for i in range(0, views.shape[0], chunk)
                 ]
                 return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -583,7 +614,17 @@ class _ViewBatcher:
     def _run(self, count: int) -> int:
         views = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
         labels = torch.cat(self.pending_labels)
-        self.outputs.append(self._reduce_halving(views[:count], labels[:count]))
+        info = None
+        if self.pending_info:
+            info = {
+                key: np.concatenate([part[key] for part in self.pending_info])
+                for key in self.pending_info[0]
+            }
+            rest_info = {key: value[count:] for key, value in info.items()}
+            info = {key: value[:count] for key, value in info.items()}
+        self.outputs.append(self._reduce_halving(views[:count], labels[:count], info))
+        if info is not None:
+            self.pending_info = [rest_info] if len(views) > count else []
         rest = views.shape[0] - count
         taken = 0
         while taken < count:
@@ -596,7 +637,7 @@ class _ViewBatcher:
     def _finished_items(self, before: int | None = None) -> tuple[int, int]:
         """(images, views) of the queue's first images whose every view has run (and
         whose position is below ``before``)."""
-        done = sum(len(output["pred"]) for output in self.outputs)
+        done = sum(_view_count(output) for output in self.outputs)
         items = views = 0
         while items < len(self.positions) and views + len(self.positions[items]) <= done:
             if before is not None and self.item_positions[items] >= before:
@@ -613,7 +654,7 @@ class _ViewBatcher:
     def take_finished(self, skipped: dict[int, str], before: int | None = None) -> Part:
         """The images whose every view has run (and whose position is below ``before``),
         plus ``skipped``, removed from the queue."""
-        done = sum(len(output["pred"]) for output in self.outputs)
+        done = sum(_view_count(output) for output in self.outputs)
         items, views = self._finished_items(before)
         outputs = []
         if views:
@@ -642,7 +683,11 @@ class _ViewBatcher:
             "view": np.concatenate(view_index) if view_index else [],
             "label": [samples[p].label for p in positions],
         }
-        for key in OUTPUT_COLUMNS:
+        # A suite's own reduction names its outputs; without outputs there are none.
+        default = OUTPUT_COLUMNS if self.model.reduction is None else ()
+        for key in list(outputs[0]) if outputs else default:
+            if key == "ranks" and self.model.ranks:
+                continue
             parts = [output[key] for output in outputs]
             columns[key] = np.concatenate(parts) if parts else []
         if self.model.ranks and outputs:
@@ -653,6 +698,10 @@ class _ViewBatcher:
         for key in meta_keys:
             columns[key] = np.concatenate([m[key] for m in meta])
         return pd.DataFrame(columns)
+
+
+def _view_count(output: dict[str, np.ndarray]) -> int:
+    return len(next(iter(output.values()))) if output else 0
 
 
 class _RateColumn(ProgressColumn):

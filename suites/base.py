@@ -105,6 +105,20 @@ class Suite(abc.ABC):
         """Per-view records -> metric rows: {metric, value, n, <dimension>: ...}."""
         return summarise_terms(self, self.terms(records), records["sample"].nunique())
 
+    def device_reduction(self, module):
+        """None: the engine reduces each pass's logits to pred, correct, p_true, ...
+
+        Otherwise a callable ``reduction(forward, inputs, labels, info) -> {column:
+        array}`` that the engine calls on every forward pass instead: ``forward`` runs the
+        model under the run's AMP setting, ``inputs`` are the pass's normalised views on
+        the device (exactly ``--batch-size`` of them but for the last), ``labels`` their
+        classes, ``info`` each view's image ``position`` and the suite's metadata. It
+        returns one value per view per column, which become the per-view records.
+        ``module`` (the model on its device, uncompiled) is there to hook into. Passes
+        come in view order, and runs are cut only between images.
+        """
+        return None
+
     def parameters(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -10,13 +10,22 @@ from aabench.errors import UserError
 from aabench.suites.accuracy import AccuracySuite
 from aabench.suites.base import Suite
 from aabench.suites.diagonal import DiagonalSuite
+from aabench.suites.equivariance import EquivarianceSuite
 from aabench.suites.imagenet_c import ImageNetCSuite
 from aabench.suites.imagenet_p import ImageNetPSuite
 from aabench.suites.shift import ShiftSuite
 
 ENTRY_POINT_GROUP = "aabench.suites"
 BUILTIN: dict[str, type[Suite]] = {
-    s.name: s for s in (AccuracySuite, ShiftSuite, DiagonalSuite, ImageNetCSuite, ImageNetPSuite)
+    s.name: s
+    for s in (
+        AccuracySuite,
+        ShiftSuite,
+        DiagonalSuite,
+        ImageNetCSuite,
+        ImageNetPSuite,
+        EquivarianceSuite,
+    )
 }
 
 
