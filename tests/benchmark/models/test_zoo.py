@@ -482,3 +482,48 @@ def test_random_weights_are_reproducible_from_the_seed():
     other = create_model("resnet18_aa", weights="none", init_seed=4).module.state_dict()
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not torch.equal(first["fc.weight"], other["fc.weight"])
+
+
+# ----------------------------------------------------- explicit preprocessing, --name
+
+
+def test_preprocessing_overrides_replace_only_what_they_name():
+    model = create_model("resnet18", weights="none", build=False, preprocessing={"crop_size": 160})
+    assert model.overrides == {"crop_size": 160}
+    assert model.preprocessing.crop_size == 160
+    assert model.preprocessing.resize_size == 256  # the model's own, not overridden
+    assert model.base_preprocessing.crop_size == 224
+    torchvision_v2 = create_model("torchvision:resnet50.IMAGENET1K_V2", weights="none", build=False)
+    assert torchvision_v2.preprocessing.resize_size == 232  # torchvision's own stays
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"crop_size": 300}, "crop 300 is larger than the resize 256"),
+        ({"mean": "0.5,0.5"}, "three numbers"),
+        ({"std": (0.5, 0.0, 0.5)}, "std' must be positive"),
+        ({"interpolation": "nearest"}, "bilinear or bicubic"),
+        ({"resize": 0}, "whole number of pixels"),
+    ],
+)
+def test_bad_preprocessing_is_refused(overrides, words):
+    with pytest.raises(UserError, match=re.escape(words)):
+        create_model("resnet18", weights="none", build=False, preprocessing=overrides)
+
+
+def test_display_name_names_the_outputs_and_must_be_a_directory_name():
+    assert create_model("resnet18", weights="none", build=False, display_name="r18-a").name == (
+        "r18-a"
+    )
+    for bad in ("../up", "a/b", ""):
+        with pytest.raises(UserError, match="cannot name the outputs' directory"):
+            create_model("resnet18", weights="none", build=False, display_name=bad)
+
+
+def test_own_weights_are_not_random_and_are_labelled_by_their_digest():
+    from aabench.models.weights import RANDOM_WEIGHTS, own_weights
+
+    record = own_weights("ab" * 32)
+    assert not record.random and record.label == "state-abababababab"
+    assert RANDOM_WEIGHTS.random and RANDOM_WEIGHTS.label == "none"
