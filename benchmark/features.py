@@ -280,7 +280,7 @@ def _distances(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     l2 = torch.where(norm_a > 0, difference.sqrt() / norm_a.sqrt().clamp(min=1e-300), torch.nan)
     l2 = torch.where((norm_a == 0) & (difference == 0), 0.0, l2)
     both = norm_a * norm_b
-    cosine = torch.where(both > 0, 1 - dot / both.sqrt().clamp(min=1e-300), 1.0)
+    cosine = torch.where(both > 0, (1 - dot / both.sqrt().clamp(min=1e-300)).clamp(min=0), 1.0)
     cosine = torch.where((norm_a == 0) & (norm_b == 0), 0.0, cosine)
     return l2, cosine
 

@@ -35,6 +35,12 @@ IMAGENET_C_ERROR = "ImageNet-C: error against severity"
 IMAGENET_C_CE = "ImageNet-C: corruption error (CE)"
 IMAGENET_P_FLIP = "ImageNet-P: flip probability"
 IMAGENET_P_TOP5 = "ImageNet-P: top-5 distance"
+EQUIVARIANCE_PROFILE = "Equivariance: feature distance against depth"
+EQUIVARIANCE_HEATMAP = "Equivariance: distance against shift (dh, dw)"
+_EQUIVARIANCE_METRICS = (
+    ("l2_distance", "normalised L2 distance"),
+    ("cosine_distance", "cosine distance"),
+)
 
 # Columns that are not dimensions in a tidy table (published tables add `source`).
 _FIXED = frozenset((*TIDY_COLUMNS, "source"))
@@ -47,6 +53,7 @@ def all_plots(source) -> list[Plot]:
         *shift_plots(source),
         *imagenet_c_plots(source),
         *imagenet_p_plots(source),
+        *equivariance_plots(source),
     ]
 
 
@@ -203,6 +210,97 @@ def imagenet_p_plots(source) -> list[Plot]:
         ]
         if found:
             plots.append((title, _bars_per_category(found, "perturbation", name, title)))
+    return plots
+
+
+def equivariance_plots(source) -> list[Plot]:
+    """The per-layer profile (L2 and cosine distance against depth, one line per run) and
+    the (dh, dw) map of L2 distance at each run's first layer with per-offset rows."""
+    runs = _runs(source)
+    plots = []
+    profiles = []
+    for index, run in enumerate(runs):
+        found = {}
+        for metric in ("l2_distance", "cosine_distance"):
+            rows = _rows(run.table, "equivariance", metric, "layer", "depth")
+            if "dh" in rows.columns:
+                rows = rows[rows["dh"].isna()]
+            if not rows.empty:
+                rows = rows.assign(depth=_numeric(rows["depth"])).sort_values("depth")
+                found[metric] = rows
+        if found:
+            profiles.append((index, run.label, found))
+    if profiles:
+        figure = Figure(figsize=(10.0, 4.2), layout="constrained")
+        FigureCanvasAgg(figure)
+        panels = figure.subplots(1, 2)
+        names: dict[float, list[str]] = {}
+        for axes, (metric, name) in zip(panels, _EQUIVARIANCE_METRICS, strict=True):
+            values, unit = [], None
+            for index, label, found in profiles:
+                if metric not in found:
+                    continue
+                rows = found[metric]
+                for depth, layer in zip(rows["depth"], rows["layer"].astype(str), strict=True):
+                    if layer not in names.setdefault(depth, []):
+                        names[depth].append(layer)
+                axes.plot(
+                    rows["depth"].to_numpy(),
+                    rows["value"].to_numpy(),
+                    marker="o",
+                    markersize=3,
+                    linewidth=2.0 if index == 0 else 1.4,
+                    color=_colour(index),
+                    label=_legend_label(label, index),
+                )
+                values += list(rows["value"])
+                unit = _unit(rows)
+            _floor_at_zero(axes, values)
+            axes.set_ylabel(_axis_label(name, unit))
+            axes.set_title(name, fontsize=9)
+            axes.grid(alpha=0.3)
+            axes.legend(fontsize=8)
+        depths = sorted(names)
+        for axes in panels:
+            # Each depth's layer names (models name their layers differently).
+            axes.set_xticks(depths, ["\n".join(names[d]) for d in depths])
+            axes.tick_params(axis="x", labelrotation=90, labelsize=6)
+            axes.set_xlabel("depth (downsampling layers in network order)", fontsize=8)
+        figure.suptitle(EQUIVARIANCE_PROFILE, fontsize=10)
+        plots.append((EQUIVARIANCE_PROFILE, _png(figure)))
+
+    maps = []
+    for index, run in enumerate(runs):
+        rows = _rows(run.table, "equivariance", "l2_distance", "layer", "depth", "dh", "dw")
+        if rows.empty:
+            continue
+        rows = rows.assign(depth=_numeric(rows["depth"]))
+        first = rows[rows["depth"] == rows["depth"].min()]
+        grid = first.pivot_table(
+            index=_numeric(first["dh"]), columns=_numeric(first["dw"]), values="value"
+        )
+        maps.append(
+            (index, run.label, str(first["layer"].iloc[0]), int(first["depth"].iloc[0]), grid)
+        )
+    if maps:
+        highest = max(float(np.nanmax(grid.to_numpy())) for *_, grid in maps) or 1.0
+        width = 3.6 * len(maps) + 1.0
+        figure = Figure(figsize=(width, 4.1), layout="constrained")
+        FigureCanvasAgg(figure)
+        panels = figure.subplots(1, len(maps), squeeze=False)[0]
+        for axes, (index, label, layer, depth, grid) in zip(panels, maps, strict=True):
+            image = axes.imshow(
+                grid.to_numpy(), vmin=0, vmax=highest, cmap="viridis", origin="upper"
+            )
+            axes.set_xticks(range(grid.shape[1]), [_plain(v) for v in grid.columns])
+            axes.set_yticks(range(grid.shape[0]), [_plain(v) for v in grid.index])
+            axes.tick_params(labelsize=6)
+            axes.set_xlabel("dw (pixels)", fontsize=8)
+            axes.set_ylabel("dh (pixels)", fontsize=8)
+            axes.set_title(f"{_legend_label(label, index)}\n{layer} (depth {depth})", fontsize=8)
+        figure.colorbar(image, ax=list(panels), shrink=0.8, label="normalised L2 distance")
+        figure.suptitle(EQUIVARIANCE_HEATMAP, fontsize=10)
+        plots.append((EQUIVARIANCE_HEATMAP, _png(figure)))
     return plots
 
 
