@@ -17,7 +17,7 @@ from aabench.suites.diagonal import DiagonalSuite
 from aabench.suites.registry import ENTRY_POINT_GROUP, available_suites, get_suite
 from aabench.suites.shift import ShiftSuite
 
-BUILTIN_NAMES = ("accuracy", "shift", "diagonal", "imagenet-c", "imagenet-p")
+BUILTIN_NAMES = ("accuracy", "shift", "diagonal", "imagenet-c", "imagenet-p", "equivariance")
 
 TINY_SUITE = """
 from dataclasses import dataclass
@@ -94,14 +94,7 @@ def test_a_plugin_suite_is_found_through_its_entry_point(install_plugin):
     cls = get_suite("tiny")
     assert issubclass(cls, Suite)
     assert cls.__module__ == "aabench_tiny_plugin"
-    assert list(available_suites()) == [
-        "accuracy",
-        "shift",
-        "diagonal",
-        "imagenet-c",
-        "imagenet-p",
-        "tiny",
-    ]
+    assert list(available_suites()) == [*BUILTIN_NAMES, "tiny"]
 
 
 def test_suites_json_lists_the_plugin(install_plugin, cli):
@@ -109,7 +102,7 @@ def test_suites_json_lists_the_plugin(install_plugin, cli):
     code, out, _ = cli("suites", "--json")
     assert code == 0
     described = {suite["name"]: suite for suite in json.loads(out)}
-    assert list(described) == ["accuracy", "shift", "diagonal", "imagenet-c", "imagenet-p", "tiny"]
+    assert list(described) == [*BUILTIN_NAMES, "tiny"]
     tiny = described["tiny"]
     assert tiny["parameters"] == {"size": {"type": "int", "default": 64}}
     assert tiny["metrics"]["top1"]["unit"] == "%"
