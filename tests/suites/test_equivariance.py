@@ -153,3 +153,20 @@ def test_bad_choices_stop_the_run_on_its_first_pass(noise):
         records_of(model, EquivarianceSuite(max_shift=2, layers="O"), noise)
     with pytest.raises(UserError, match="max_shift must be at least 1"):
         EquivarianceSuite(max_shift=0)
+
+
+def test_the_report_draws_the_profile_and_the_heatmap(noise):
+    from aabench.results.compare import RunTables
+    from aabench.results.plots import EQUIVARIANCE_HEATMAP, EQUIVARIANCE_PROFILE, all_plots
+    from aabench.results.table import tidy_table
+
+    suite = EquivarianceSuite(max_shift=2)
+    runs = []
+    for label, stride in (("strided", 2), ("pooled", 1)):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=stride, padding=1), nn.AvgPool2d(2))
+        rows = suite.summarise(records_of(model, suite, noise))
+        table = tidy_table(rows, run_id=label, model=label, weights="none", suite=suite)
+        runs.append(RunTables(label, table))
+    plots = all_plots(runs)
+    assert [title for title, _ in plots] == [EQUIVARIANCE_PROFILE, EQUIVARIANCE_HEATMAP]
+    assert all(png.startswith(b"\x89PNG") for _, png in plots)
