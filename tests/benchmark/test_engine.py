@@ -117,7 +117,7 @@ def test_normalisation_uses_the_model_mean_and_std(grey_root):
             return torch.zeros(x.shape[0], 1000)
 
     model = loaded(Spy())
-    model.preprocessing = model.preprocessing.__class__(
+    model.base_preprocessing = model.preprocessing.__class__(
         mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0), resize_size=40, crop_size=32
     )
     folder = open_image_folder(grey_root)
