@@ -252,12 +252,16 @@ def _note(ref_note, cand_note, found, candidate_label: str) -> str:
 
 
 def _adjust(rows: pd.DataFrame, dims: list[str]) -> None:
-    """Holm within each family: the per-dimension rows of one (candidate, suite, metric);
-    an overall row is a family of one. ``significant``: adjusted p < 5 % (None: no test)."""
+    """Holm within each family: the rows of one (candidate, suite, metric) broken down by
+    the same dimensions (per layer, per (dh, dw) cell, per (corruption, severity) and per
+    corruption are separate families); an overall row is a family of one.
+    ``significant``: adjusted p < 5 % (None: no test)."""
     p_adjusted = np.full(len(rows), np.nan)
     family_size = np.zeros(len(rows), dtype=int)
-    dimensioned = (
-        rows[dims].notna().any(axis=1).to_numpy() if dims else np.zeros(len(rows), dtype=bool)
+    filled = rows[dims].notna().to_numpy() if dims else np.zeros((len(rows), 0), dtype=bool)
+    # Which dimensions a row is broken down by, e.g. "layer,depth"; "" for an overall row.
+    dimensioned = np.array(
+        [",".join(d for d, f in zip(dims, row, strict=True) if f) for row in filled], dtype=object
     )
     tested = rows["p_value"].notna().to_numpy()
     positions = np.arange(len(rows))
@@ -272,7 +276,7 @@ def _adjust(rows: pd.DataFrame, dims: list[str]) -> None:
     ).groupby(["candidate", "suite", "metric", "per_dimension"], sort=False):
         members = group["position"].to_numpy()
         members = members[tested[members]]
-        families = [members] if per_dimension else [[m] for m in members]
+        families = [members] if per_dimension != "" else [[m] for m in members]
         for family in families:
             family = np.asarray(family, dtype=int)
             p_adjusted[family] = holm(rows["p_value"].to_numpy()[family])

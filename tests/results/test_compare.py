@@ -617,6 +617,30 @@ def test_per_offset_rows_are_holm_adjusted_within_their_metric(tmp_path):
     assert p_true["p_adjusted"].tolist() == [1.0, 1.0, 1.0]
 
 
+def test_rows_broken_down_by_other_dimensions_are_other_families():
+    # Per-layer means and one layer's (dh, dw) map share a metric but not a family: the
+    # map's cells must not dilute the per-layer tests (nor the reverse).
+    from aabench.results.compare import _adjust
+
+    rows = pd.DataFrame(
+        {
+            "candidate": ["b"] * 5,
+            "suite": ["equivariance"] * 5,
+            "metric": ["l2_distance"] * 5,
+            "layer": [None, "conv1", "layer2", "layer2", "layer2"],
+            "dh": [None, None, None, 0, 1],
+            "dw": [None, None, None, 1, 0],
+            "p_value": [0.04, 0.01, 0.02, 0.5, 0.01],
+        }
+    )
+    _adjust(rows, ["layer", "dh", "dw"])
+    assert rows["family_size"].tolist() == [1, 2, 2, 2, 2]
+    # Per layer, Holm over 2: 2 * 0.01 = 0.02, then max(1 * 0.02, 0.02) = 0.02. The map:
+    # 2 * 0.01 = 0.02, then max(1 * 0.5, 0.02) = 0.5. The overall row keeps its own p.
+    assert rows["p_adjusted"].tolist() == pytest.approx([0.04, 0.02, 0.02, 0.5, 0.02])
+    assert rows["significant"].tolist() == [True, True, True, False, True]
+
+
 def test_rows_without_a_test_have_no_family_and_say_why(tmp_path):
     reference = write_accuracy(tmp_path / "a", [1, 0, 1])
     candidate = write_accuracy(tmp_path / "b", [1, 1, 1], samples=False)
