@@ -252,6 +252,18 @@ def test_h264_round_trip_or_a_clear_error(monkeypatch):
         P.check_encoding("h264", generate=True)
 
 
+def test_an_encoded_run_is_rebuilt_for_compare_without_an_encoder(monkeypatch):
+    from aabench.suites.imagenet_p import ImageNetPSuite
+
+    made = ImageNetPSuite(generate=True, perturbations="rotate", encode="none").parameters()
+    made["encode"] = "h264"  # as recorded by a run on a machine that had PyAV
+    monkeypatch.setattr(P, "h264_encoder", lambda: "PyAV is not installed")
+    rebuilt = ImageNetPSuite.from_provenance({"parameters": made})
+    assert rebuilt.protocol()["encode"] == "h264"
+    # Released videos are not generated: their protocol has no encoding to compare.
+    assert "encode" not in ImageNetPSuite(perturbations="rotate").protocol()
+
+
 def test_compare_refuses_runs_of_an_earlier_generator():
     from aabench.results.compare import mismatches
     from aabench.results.load import RunData
