@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import typer
@@ -124,8 +123,9 @@ def _fetch_one(entry, target: Path, base_url: str | None, from_cache: bool) -> t
 
 
 def _copy_atomically(source: Path, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".download-")
+    from aabench.models.weights import temporary_beside
+
+    handle, temporary = temporary_beside(destination)
     os.close(handle)
     try:
         shutil.copyfile(source, temporary)

@@ -183,6 +183,19 @@ def resolve_source(
     return cached, digest
 
 
+def temporary_beside(destination: Path) -> tuple[int, str]:
+    """A new temporary file in ``destination``'s folder (made if needed), so the finished
+    file can be renamed into place; a folder that cannot be written is a UserError."""
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=destination.parent, prefix=".download-")
+    except OSError as error:
+        raise UserError(
+            f"cannot write weights to {destination.parent} ({error.strerror or error}): "
+            "pass a writable --weights-dir, or point TORCH_HOME at a writable place"
+        ) from error
+
+
 def download(
     url: str,
     destination: Path,
@@ -197,10 +210,9 @@ def download(
     Returns the SHA-256. Nothing is left at ``destination`` unless the file is complete
     and verified. ``announce``: say on stderr what is being downloaded, once connected.
     """
-    destination.parent.mkdir(parents=True, exist_ok=True)
     note = f" (licence: {licence})" if licence else ""
     digest = hashlib.sha256()
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".download-")
+    handle, temporary = temporary_beside(destination)
     try:
         with os.fdopen(handle, "wb") as out:
             try:

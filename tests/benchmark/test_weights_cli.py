@@ -90,6 +90,17 @@ def test_fetch_into_a_directory_creates_it(cli, release, network, tmp_path, cach
     assert everything_under(cache) == []
 
 
+def test_fetch_into_a_directory_that_cannot_be_made_is_one_line(cli, release, network, tmp_path):
+    network.serve(URL, PAYLOAD)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, out, err = cli("weights", "fetch", "resnet18_aa", "--weights-dir", str(blocker / "w"))
+    assert code == 2 and out == ""
+    (line,) = err.splitlines()
+    assert f"cannot write weights to {blocker / 'w'}" in line and "--weights-dir" in line
+    assert "Traceback" not in err and blocker.read_text() == "not a folder"
+
+
 def test_fetch_copies_a_verified_cached_file_instead_of_downloading(
     cli, release, network, tmp_path, cache
 ):
