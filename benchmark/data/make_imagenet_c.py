@@ -22,6 +22,7 @@ from pathlib import Path
 from aabench import __version__
 from aabench.data.corruptions import (
     COMMON,
+    GENERATOR_VERSION,
     JPEG_QUALITY,
     PIPELINE,
     SEVERITIES,
@@ -42,7 +43,8 @@ LAYOUT = "<corruption>/<severity>/<wnid>/<stem>.JPEG"
 SUFFIX = ".JPEG"
 # A manifest that differs in any of these describes files made another way: mixing them
 # into one set would be silent, so a run refuses.
-MUST_MATCH = ("seed", "corruptions", "severities", "jpeg_quality", "pipeline")
+# generator_version: a set begun before frost was drawn as the release drew it has none.
+MUST_MATCH = ("seed", "corruptions", "severities", "jpeg_quality", "pipeline", "generator_version")
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ def make_imagenet_c(
         "data": {"root": str(folder.root), "fingerprint": folder.fingerprint()},
         "layout": LAYOUT,
         "pipeline": PIPELINE,
+        "generator_version": GENERATOR_VERSION,
         "jpeg_quality": JPEG_QUALITY,
         "seeding": "np.random.seed and seed= from sha256(run seed, crc32(image path), "
         "corruption, severity)",

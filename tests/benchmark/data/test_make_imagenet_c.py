@@ -179,6 +179,14 @@ def test_an_out_made_with_other_settings_is_refused(data, reference, tmp_path):
         generate(data, out, seed=1)
     with pytest.raises(UserError, match=r"corruptions .* use another --out"):
         generate(data, out, corruptions=("brightness",))
+    # A set begun by an earlier generator (frost drawn otherwise) is not added to.
+    older = tmp_path / "older"
+    older.mkdir()
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["generator_version"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r"generator_version None there, 2 now"):
+        generate(data, older)
     stranger = tmp_path / "stranger"
     (stranger / "fog").mkdir(parents=True)
     with pytest.raises(UserError, match=r"no manifest\.json"):
