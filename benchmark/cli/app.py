@@ -46,6 +46,23 @@ CHANNELS_LAST = typer.Option(
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
 SET = typer.Option([], "--set", help="Override a suite parameter: --set key=value (repeatable).")
 JSON = typer.Option(False, "--json", help="Print JSON for machines.")
+WEIGHTS_URL = typer.Option(
+    None,
+    "--weights-url",
+    help="Base URL of a mirror of the release bucket (or $AABENCH_WEIGHTS_URL).",
+)
+FACTORY_ARGS = typer.Option(
+    [],
+    "--factory-arg",
+    help="python: models: key=value for the factory (repeatable; typed by its "
+    "annotations, else as Python literals).",
+)
+NAME = typer.Option(None, "--name", help="The model's name in the outputs (default: its own).")
+RESIZE = typer.Option(None, "--resize", help="Resize the short side to N px.")
+CROP = typer.Option(None, "--crop", help="Centre crop of N px (the model's input).")
+INTERPOLATION = typer.Option(None, "--interpolation", help="bilinear or bicubic.")
+MEAN = typer.Option(None, "--mean", help="Normalisation mean: R,G,B.")
+STD = typer.Option(None, "--std", help="Normalisation std: R,G,B.")
 
 
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C

@@ -11,16 +11,25 @@ from aabench.cli.app import (
     BATCH_SIZE,
     CHANNELS_LAST,
     COMPILE,
+    CROP,
     DATA,
     DEVICE,
+    FACTORY_ARGS,
+    INTERPOLATION,
     JSON,
+    MEAN,
     MODEL,
+    NAME,
+    RESIZE,
     SET,
+    STD,
     WEIGHTS,
     WEIGHTS_DIR,
+    WEIGHTS_URL,
     WORKERS,
     command,
 )
+from aabench.cli.model import settle_model
 
 
 @command("bench")
@@ -51,6 +60,14 @@ def bench_command(
     compile_model: bool = COMPILE,
     assignments: list[str] = SET,
     as_json: bool = JSON,
+    weights_url: str = WEIGHTS_URL,
+    factory_args: list[str] = FACTORY_ARGS,
+    name: str = NAME,
+    resize: int = RESIZE,
+    crop: int = CROP,
+    interpolation: str = INTERPOLATION,
+    mean: str = MEAN,
+    std: str = STD,
 ) -> None:
     """Measure forward-only, pipeline-only and end-to-end throughput (views/s).
 
@@ -58,14 +75,16 @@ def bench_command(
     the time actually spent, phase by phase.
     """
     from aabench.budget import check_budget
-    from aabench.models.zoo import create_model
     from aabench.suites.params import build_suites
     from aabench.suites.registry import get_suite
 
     # Every argument, and the weights, are settled before torch is imported.
     check_budget(seconds, images)
     (suite_object,) = build_suites([suite], [get_suite(suite)], assignments)
-    loaded = create_model(model, weights=weights, weights_dir_path=weights_dir, build=False)
+    loaded = settle_model(
+        model, weights, weights_dir, weights_url, 0, factory_args, name,
+        resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std,
+    )  # fmt: skip
 
     import torch
 

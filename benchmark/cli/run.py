@@ -13,16 +13,25 @@ from aabench.cli.app import (
     BATCH_SIZE,
     CHANNELS_LAST,
     COMPILE,
+    CROP,
     DATA,
     DEVICE,
+    FACTORY_ARGS,
+    INTERPOLATION,
     JSON,
+    MEAN,
     MODEL,
+    NAME,
+    RESIZE,
     SET,
+    STD,
     WEIGHTS,
     WEIGHTS_DIR,
+    WEIGHTS_URL,
     WORKERS,
     command,
 )
+from aabench.cli.model import settle_model
 from aabench.cli.summary import headline as _headline
 from aabench.cli.summary import print_summary as _print_summary
 from aabench.errors import UserError
@@ -34,11 +43,7 @@ def run(
     suite: str = typer.Option(..., "--suite", "-s", help="Suite name(s), comma-separated."),
     weights: str = WEIGHTS,
     weights_dir: str = WEIGHTS_DIR,
-    weights_url: str = typer.Option(
-        None,
-        "--weights-url",
-        help="Base URL of a mirror of the release bucket (or $AABENCH_WEIGHTS_URL).",
-    ),
+    weights_url: str = WEIGHTS_URL,
     data: str = DATA,
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,
@@ -80,24 +85,15 @@ def run(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     as_json: bool = JSON,
-    factory_args: list[str] = typer.Option(
-        [],
-        "--factory-arg",
-        help="python: models: key=value for the factory (repeatable; typed by its "
-        "annotations, else as Python literals).",
-    ),
-    name: str = typer.Option(
-        None, "--name", help="The model's name in the outputs (default: its own)."
-    ),
-    resize: int = typer.Option(None, "--resize", help="Resize the short side to N px."),
-    crop: int = typer.Option(None, "--crop", help="Centre crop of N px (the model's input)."),
-    interpolation: str = typer.Option(None, "--interpolation", help="bilinear or bicubic."),
-    mean: str = typer.Option(None, "--mean", help="Normalisation mean: R,G,B."),
-    std: str = typer.Option(None, "--std", help="Normalisation std: R,G,B."),
+    factory_args: list[str] = FACTORY_ARGS,
+    name: str = NAME,
+    resize: int = RESIZE,
+    crop: int = CROP,
+    interpolation: str = INTERPOLATION,
+    mean: str = MEAN,
+    std: str = STD,
 ) -> None:
     """Run benchmark suites on a model and write tidy tables with provenance."""
-    from aabench.models.custom import preprocessing_overrides
-    from aabench.models.zoo import create_model
     from aabench.suites.params import build_suites
     from aabench.suites.registry import get_suite
 
@@ -119,24 +115,10 @@ def run(
             assignments = [*assignments, assignment]
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
     # Default weights are found (mirror, cache: verified) or downloaded now, up front.
-    preprocessing = {
-        "resize_size": resize,
-        "crop_size": crop,
-        "interpolation": interpolation,
-        "mean": mean,
-        "std": std,
-    }
-    loaded = create_model(
-        model,
-        weights=weights,
-        weights_dir_path=weights_dir,
-        init_seed=seed,
-        weights_url=weights_url,
-        build=False,
-        preprocessing=preprocessing_overrides(preprocessing, cli=True),
-        factory_args=factory_args,
-        display_name=name,
-    )
+    loaded = settle_model(
+        model, weights, weights_dir, weights_url, seed, factory_args, name,
+        resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std,
+    )  # fmt: skip
 
     from aabench import distributed
     from aabench.checkpoint import CheckpointOptions

@@ -96,8 +96,8 @@ def prepare_val(
         linked = copied = 0
         can_link = not copy and tar is None
         for done, (image, dest) in enumerate(todo, 1):
-            dest.parent.mkdir(exist_ok=True)
             try:
+                dest.parent.mkdir(exist_ok=True)
                 if can_link:
                     try:
                         _place(dest, functools.partial(os.link, image.path))

@@ -28,6 +28,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import inspect
+import math
 import re
 import sys
 import types
@@ -499,8 +500,8 @@ def _three(value, label: str) -> tuple[float, float, float]:
         numbers = tuple(float(v) for v in value)
     except (TypeError, ValueError):
         numbers = ()
-    if len(numbers) != 3:
-        raise UserError(f"{label} must be three numbers (R,G,B), e.g. 0.485,0.456,0.406")
+    if len(numbers) != 3 or not all(math.isfinite(n) for n in numbers):
+        raise UserError(f"{label} must be three finite numbers (R,G,B), e.g. 0.485,0.456,0.406")
     return numbers
 
 

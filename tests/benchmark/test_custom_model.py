@@ -332,11 +332,23 @@ def test_factory_args_are_only_for_factories(cli, tmp_path):
         ("python:ok.py", [], ["names no factory"]),
         ("python:ok.py:build", ["--factory-arg", "x"], ["not key=value"]),
         ("python:ok.py:build", ["--crop", "300", "--resize", "256"], ["crop 300 is larger"]),
-        ("python:ok.py:build", ["--mean", "0.5,0.5"], ["--mean must be three numbers"]),
+        ("python:ok.py:build", ["--mean", "0.5,0.5"], ["--mean must be three finite numbers"]),
+        ("python:ok.py:build", ["--std", "1,1,nan"], ["--std must be three finite numbers"]),
         ("python:ok.py:build", ["--interpolation", "cubic"], ["bilinear or bicubic"]),
         ("python:no_such_package.models:build", [], ["no module named"]),
     ],
-    ids=["missing", "syntax", "absent", "no-factory", "arg", "crop", "mean", "interp", "module"],
+    ids=[
+        "missing",
+        "syntax",
+        "absent",
+        "no-factory",
+        "arg",
+        "crop",
+        "mean",
+        "nan",
+        "interp",
+        "module",
+    ],
 )
 def test_factory_name_errors_import_no_torch(tmp_path, model, extra, words):
     (tmp_path / "broken.py").write_text(BROKEN["syntax"])

@@ -192,6 +192,16 @@ def test_a_different_file_at_the_destination_is_an_error_naming_it(cli, tmp_path
     assert sorted(tree(out)) == [f"{EXPECTED[name]}/{name}"]  # nothing else written
 
 
+def test_a_file_where_a_class_folder_goes_is_an_error_naming_it(cli, tmp_path):
+    archive = make_archive(tmp_path / "archive")
+    out = tmp_path / "val"
+    name = "ILSVRC2012_val_00000004.JPEG"
+    out.mkdir()
+    (out / EXPECTED[name]).write_bytes(b"a file, not a folder")
+    assert_one_line_error(run(cli, archive, out, "--partial"), str(out / EXPECTED[name]))
+    assert (out / EXPECTED[name]).read_bytes() == b"a file, not a folder"
+
+
 def test_missing_devkit_files(cli, tmp_path):
     archive = make_archive(tmp_path / "archive")
     (archive / "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").unlink()
