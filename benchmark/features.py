@@ -168,7 +168,8 @@ def choose_layers(
             raise UserError(
                 f"layer {layer.label}'s {shape[2]}x{shape[3]} map does not divide the "
                 f"{size[0]}x{size[1]} input, so it cannot be upsampled back onto the "
-                "input's grid: use a crop size every layer's size divides (e.g. 224)"
+                "input's grid: leave it out with --set layers=<the layers to measure>, or "
+                "use a crop size every layer's size divides"
             )
     return layers
 

@@ -95,6 +95,12 @@ def _module_file(module: str, name: str) -> Path | None:
     search = _module_path()
     spec = None
     for depth, part in enumerate(module.split(".")):
+        if search is None:  # the name goes on below a plain module, not a package
+            raise UserError(
+                f"no module named {module!r}: {'.'.join(module.split('.')[:depth])!r} is a "
+                "module, not a package; give the factory's module, or the file: "
+                "python:PATH.py:FACTORY"
+            )
         spec = importlib.machinery.PathFinder.find_spec(part, search)
         if spec is None:
             where = ".".join(module.split(".")[:depth]) or "sys.path"

@@ -336,6 +336,7 @@ def test_factory_args_are_only_for_factories(cli, tmp_path):
         ("python:ok.py:build", ["--std", "1,1,nan"], ["--std must be three finite numbers"]),
         ("python:ok.py:build", ["--interpolation", "cubic"], ["bilinear or bicubic"]),
         ("python:no_such_package.models:build", [], ["no module named"]),
+        ("python:ok.os:build", [], ["'ok' is a module, not a package"]),
     ],
     ids=[
         "missing",
@@ -348,6 +349,7 @@ def test_factory_args_are_only_for_factories(cli, tmp_path):
         "nan",
         "interp",
         "module",
+        "below-a-module",
     ],
 )
 def test_factory_name_errors_import_no_torch(tmp_path, model, extra, words):
