@@ -215,6 +215,19 @@ def test_paired_bootstrap_test_gives_the_same_interval_and_its_p_value():
     assert 2 / 301 <= p[0] <= 2 * 6 / 301
 
 
+@pytest.mark.parametrize(("images", "floor"), [(2, 0.5), (5, 0.0625), (6, 0.03125)])
+def test_a_bootstrap_over_few_images_is_no_surer_than_an_exact_paired_test(images, floor):
+    from aabench.results.stats import paired_bootstrap_test
+
+    # Every image improves by the same amount: every replicate's delta is +1, so the
+    # bootstrap alone says p = 2 / (B + 1) = 2 / 1001 whatever the number of images.
+    a, b = column([0] * images), column([1] * images)
+    ones = np.ones_like(a)
+    _, _, p = paired_bootstrap_test(a, ones, b, ones, np.array([1.0]), replicates=1000)
+    assert p[0] == pytest.approx(floor)  # 2 / 2^n: a sign test's smallest p on n pairs
+    assert bool(p[0] < 0.05) is (images >= 6)
+
+
 def test_holm_by_hand():
     from aabench.results.stats import holm
 
