@@ -91,13 +91,12 @@ class ImageNetPSuite(Suite):
             "perturbations": ",".join(self.perturbation_list),
             "difficulty": self.difficulty,
             "generate": self.generate,
+            "encode": self.encode,
             "imagenet_p": self.imagenet_p,
             "normalize_by": self.normalize_by,
         }
         if self.generate:
-            # Generated frames depend on the generator and on the encoding (released
-            # videos have neither: their runs stay comparable with earlier ones).
-            parameters["encode"] = self.encode
+            # Generated frames depend on the generator: runs of another version differ.
             parameters["generator_version"] = P.GENERATOR_VERSION
         if self.reference_run is not None:
             # Normalised values depend on the reference's numbers, not on its path: two
@@ -105,6 +104,14 @@ class ImageNetPSuite(Suite):
             parameters["reference_run_id"] = self.reference_run.run_id
             parameters["reference_values_sha256"] = self.reference_run.values_sha256()
         return parameters
+
+    def protocol(self) -> dict:
+        protocol = super().protocol()
+        if not self.generate:
+            # Released videos are already encoded: runs on them made before `encode`
+            # existed stay comparable with new ones.
+            protocol.pop("encode")
+        return protocol
 
     @classmethod
     def from_provenance(cls, provenance: dict) -> ImageNetPSuite:

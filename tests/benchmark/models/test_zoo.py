@@ -501,7 +501,7 @@ def test_preprocessing_overrides_replace_only_what_they_name():
     ("overrides", "words"),
     [
         ({"crop_size": 300}, "crop 300 is larger than the resize 256"),
-        ({"mean": "0.5,0.5"}, "three numbers"),
+        ({"mean": "0.5,0.5"}, "three finite numbers"),
         ({"std": (0.5, 0.0, 0.5)}, "std' must be positive"),
         ({"interpolation": "nearest"}, "bilinear or bicubic"),
         ({"resize": 0}, "whole number of pixels"),
