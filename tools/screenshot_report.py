@@ -1,8 +1,8 @@
 """Screenshot a comparison report in headless Chromium and measure whether it overflows.
 
-    python tools/screenshot_report.py runs/resnet18 runs/resnet18_aa --out /tmp/shots
-    python tools/screenshot_report.py --out /tmp/shots          # synthetic tables
-    python tools/screenshot_report.py --report report.html --out /tmp/shots
+    python tools/screenshot_report.py runs/resnet18 runs/resnet18_aa --out shots
+    python tools/screenshot_report.py --out shots          # synthetic tables
+    python tools/screenshot_report.py --report report.html --out shots
 
 Writes ``report.html`` (unless ``--report`` names one), ``report-1280x800.png`` and
 ``report-1920x1080.png`` into ``--out``, and prints per window size the document's
