@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from aabench.data.folder import open_image_folder
 from aabench.errors import UserError
-from aabench.suites.shift import ShiftSuite
+from aabench.suites.shift import PRESETS, ShiftSuite
 from tests.helpers import (
     GOLDFISH,
     TABBY,
@@ -268,3 +269,126 @@ def test_a_model_resize_below_256_never_pads_the_views_with_black():
     base = ShiftSuite().prepare(image, Preprocessing(resize_size=232, crop_size=224))
     assert base.shape == (3, 256, 256)
     assert int(base.min()) == 200
+
+
+class Inputs(nn.Module):
+    """Wraps a module and keeps a copy of every input it sees."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.inner(x)
+
+
+def noise_root(tmp_path, size: int = 40):
+    rng = np.random.default_rng(0)
+    noise = []
+    for _ in range(4):
+        density = rng.uniform(0.05, 0.95, size=3)
+        noise.append(((rng.random((size, size, 3)) < density) * 255).astype(np.uint8))
+    return make_image_folder(tmp_path / "noise", {TENCH: noise[:2], TABBY: noise[2:]})
+
+
+@pytest.mark.parametrize("preset", ["aps", "lps", "afc"])
+def test_every_circular_variant_leaves_a_circularly_invariant_model_perfectly_consistent(
+    tmp_path, preset
+):
+    suite = ShiftSuite(max_shift=MAX_SHIFT, preset=preset, epochs=1)
+    records = run(ChannelPool(), suite, noise_root(tmp_path)).records
+    assert records["pred"].nunique() > 1
+    assert summary(suite, records)["consistency"] == 100.0
+
+
+def checkerboard(size: int) -> np.ndarray:
+    """Red where row + column is even, green where it is odd."""
+    rows, cols = np.indices((size, size))
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    image[..., 0] = 255 * ((rows + cols) % 2 == 0)
+    image[..., 1] = 255 * ((rows + cols) % 2 == 1)
+    return image
+
+
+class Strided(nn.Module):
+    """ChannelPool on every second row and column (a stride-2 subsampling)."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = ChannelPool()
+
+    def forward(self, x):
+        return self.pool(x[:, :, ::2, ::2])
+
+
+@pytest.mark.parametrize("preset", ["aps", "lps", "afc"])
+def test_a_strided_model_changes_its_label_exactly_on_odd_rolls(tmp_path, preset):
+    root = make_image_folder(tmp_path / "board", {TENCH: [checkerboard(40)] * 3})
+    suite = ShiftSuite(max_shift=MAX_SHIFT, **{**PRESETS[preset], "epochs": 4})
+    records = run(Strided(), suite, root).records
+    # The subsampled grid sees only red (class 3: 3 red - green wins) or only green
+    # (class 4); a roll by (dy, dx) swaps them exactly when dy + dx is odd.
+    assert records["pred"].tolist() == (3 + (records["dy"] + records["dx"]) % 2).tolist()
+    assert summary(suite, records)["consistency"] < 100.0
+
+
+def test_presets_resolve_to_their_parameters_and_the_protocol_records_those():
+    aps = ShiftSuite(preset="aps")
+    assert (aps.mode, aps.roll_of, aps.compare_to, aps.epochs) == ("circular", "crop", "shifted", 1)
+    lps = ShiftSuite(preset="lps")
+    assert (lps.mode, lps.roll_of, lps.compare_to, lps.epochs) == ("circular", "base", "shifted", 1)
+    afc = ShiftSuite(preset="afc")
+    assert (afc.mode, afc.compare_to, afc.epochs) == ("circular", "unshifted", 1)
+    assert ShiftSuite(preset="zhang").protocol() == ShiftSuite().protocol()
+    manual = ShiftSuite(mode="circular", roll_of="base", epochs=1)
+    assert lps.protocol() == manual.protocol()
+    assert "preset" not in lps.protocol()
+    assert ShiftSuite.from_provenance({"parameters": lps.parameters()}) == lps
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"preset": "bcos"}, "shift preset must be one of zhang, aps, lps, lps-standard, afc"),
+        ({"preset": "aps", "epochs": 3}, "preset aps sets epochs=1, but epochs=3 was given"),
+        ({"roll_of": "image"}, "roll_of must be one of crop, base"),
+        ({"compare_to": "clean"}, "compare_to must be one of shifted, unshifted"),
+        ({"roll_of": "base"}, "need mode=circular"),
+        ({"compare_to": "unshifted"}, "need mode=circular"),
+    ],
+)
+def test_invalid_circular_parameters_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        ShiftSuite(**kwargs)
+
+
+def test_lps_rolls_the_whole_base_image_and_the_model_sees_it(tmp_path):
+    model = Inputs(ChannelPool())
+    suite = ShiftSuite(max_shift=MAX_SHIFT, preset="lps")
+    records = run(model, suite, noise_root(tmp_path)).records
+    assert {tuple(x.shape[1:]) for x in model.seen} == {(3, CROP + MAX_SHIFT, CROP + MAX_SHIFT)}
+    assert len(records) == 4 * 2
+
+
+def test_afc_compares_each_roll_with_the_unshifted_crop(tmp_path):
+    root = noise_root(tmp_path)
+    model = Inputs(ChannelPool())
+    suite = ShiftSuite(max_shift=MAX_SHIFT, preset="afc")
+    records = run(model, suite, root, batch_size=2).records
+    seen = torch.cat(model.seen)  # the view order of the records
+    assert len(seen) == len(records) == 4 * 2
+    for i, row in records.reset_index(drop=True).iterrows():
+        wnid, name = row["sample"].split("/")
+        pixels = np.array(Image.open(root / wnid / name))
+        crop = torch.from_numpy(pixels[4:36, 4:36]).permute(2, 0, 1).float() / 255
+        shift = (int(row["dy"]), int(row["dx"]))
+        if row["member"] == 0:
+            assert shift == (0, 0)
+            assert torch.equal(seen[i], crop)
+        else:
+            assert torch.equal(seen[i], torch.roll(crop, shift, dims=(1, 2)))
+    metrics = summary(suite, records)
+    shifted = records[records["member"] == 1]
+    assert metrics["accuracy"] == pytest.approx(100.0 * shifted["correct"].mean())
