@@ -17,7 +17,17 @@ from aabench.suites.diagonal import DiagonalSuite
 from aabench.suites.registry import ENTRY_POINT_GROUP, available_suites, get_suite
 from aabench.suites.shift import ShiftSuite
 
-BUILTIN_NAMES = ("accuracy", "shift", "diagonal", "imagenet-c", "imagenet-p", "equivariance")
+BUILTIN_NAMES = (
+    "accuracy",
+    "shift",
+    "diagonal",
+    "imagenet-c",
+    "imagenet-p",
+    "equivariance",
+    "fractional-shift",
+    "pixel-shift",
+    "worst-shift",
+)
 
 TINY_SUITE = """
 from dataclasses import dataclass
@@ -85,7 +95,7 @@ def test_unknown_suite_suggests_close_names():
     with pytest.raises(UserError) as error:
         get_suite("shfit")
     message = str(error.value)
-    assert "unknown suite 'shfit' (did you mean shift?)" in message
+    assert "unknown suite 'shfit' (did you mean shift" in message
     assert "available suites are accuracy, shift, diagonal" in message
 
 
