@@ -222,6 +222,7 @@ class ViewDataset(Dataset):
             "views": views.images,
             "meta": views.meta,
             "groups": views.groups,
+            "on_device": views.on_device,
         }
 
 
@@ -273,6 +274,7 @@ class PreparedModel:
         # A suite's own reduction of each pass (Suite.device_reduction), replacing the
         # logits reduction below; it gets the uncompiled module to hook into.
         self.reduction = suite.device_reduction(module) if suite is not None else None
+        self.suite = suite
         pre = model.preprocessing
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
@@ -299,12 +301,27 @@ class PreparedModel:
 
     def inputs(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views -> the model's normalised input on the device."""
-        x = self.upload(views).float()
+        return self.normalise(self.upload(views).float())
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float pixel values (0..255) on the device -> the model's input."""
         # (x/255 - mean)/std, folded into one subtraction and one division.
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def source(self, image: torch.Tensor) -> torch.Tensor:
+        """A device-view suite's one source image (uint8) -> 1 x C x H x W float on the
+        device. A plain copy: the pinned staging buffer is reused only after a pass
+        has read its results back, and sources are uploaded ahead of their passes."""
+        image = image if image.dim() == 4 else image[None]
+        return image.to(self.device).float()
+
+    @torch.inference_mode()
+    def make_views(self, source: torch.Tensor, meta: dict[str, np.ndarray]) -> torch.Tensor:
+        """The suite's device-side views of ``source`` described by ``meta``, normalised."""
+        return self.normalise(self.suite.device_views(source, meta).float())
 
     def forward(self, x: torch.Tensor):
         """The model on normalised inputs, under the run's AMP setting."""
@@ -319,13 +336,19 @@ class PreparedModel:
 
     @torch.inference_mode()
     def reduce(
-        self, views: torch.Tensor, labels: torch.Tensor, info: dict | None = None
+        self,
+        views: torch.Tensor,
+        labels: torch.Tensor,
+        info: dict | None = None,
+        normalised: bool = False,
     ) -> dict[str, np.ndarray]:
         """Per-view outputs of one pass; ``info``: each view's image position and the
-        suite's metadata, given to a suite's own reduction."""
+        suite's metadata, given to a suite's own reduction. ``normalised``: ``views`` are
+        already the model's input on the device (made there by the suite)."""
+        x = views if normalised else self.inputs(views)
         if self.reduction is not None:
-            return self.reduction(self.forward, self.inputs(views), labels.to(self.device), info)
-        logits = self.logits(views)
+            return self.reduction(self.forward, x, labels.to(self.device), info)
+        logits = self.forward(x).float()
         labels = labels.to(self.device)
         probs = logits.softmax(dim=1)
         pred = logits.argmax(dim=1)
@@ -538,7 +561,12 @@ class _ViewBatcher:
 
     def add(self, item: dict, label: int) -> None:
         views = item["views"]
-        count = views.shape[0]
+        if item.get("on_device"):
+            # Uploaded once; its views are made on the device, a pass at a time.
+            views = _DeviceSource(self.model.source(views), item["meta"])
+            count = len(views)
+        else:
+            count = views.shape[0]
         self.pending.append(views)
         self.pending_labels.append(torch.full((count,), label, dtype=torch.int64))
         self.pending_count += count
@@ -574,7 +602,11 @@ class _ViewBatcher:
         return done
 
     def _reduce_halving(
-        self, views: torch.Tensor, labels: torch.Tensor, info: dict | None = None
+        self,
+        views: torch.Tensor,
+        labels: torch.Tensor,
+        info: dict | None = None,
+        normalised: bool = False,
     ) -> dict:
         """Reduce in chunks of ``batch_size``; on CUDA out-of-memory halve it and retry.
 
@@ -587,12 +619,13 @@ class _ViewBatcher:
         while True:
             try:
                 parts = [
-                    self.model.reduce(views[i : i + chunk], labels[i : i + chunk])
-                    if info is None
-                    else self.model.reduce(
+                    self.model.reduce(
                         views[i : i + chunk],
                         labels[i : i + chunk],
-                        {key: value[i : i + chunk] for key, value in info.items()},
+                        None
+                        if info is None
+                        else {key: value[i : i + chunk] for key, value in info.items()},
+                        normalised=normalised,
                     )
                     for i in range(0, views.shape[0], chunk)
                 ]
@@ -611,8 +644,25 @@ class _ViewBatcher:
                 self.halvings.append(self.batch_size)
                 chunk = self.batch_size
 
-    def _run(self, count: int) -> int:
+    def _take_views(self, count: int) -> tuple[torch.Tensor, bool]:
+        """The next ``count`` pending views, removed from the queue, and whether they
+        are already the model's input (made on the device)."""
+        if isinstance(self.pending[0], _DeviceSource):
+            made, left = [], count
+            while left:
+                source = self.pending[0]
+                taken = min(left, len(source))
+                made.append(self.model.make_views(source.image, source.take(taken)))
+                if not len(source):
+                    self.pending.pop(0)
+                left -= taken
+            return (torch.cat(made) if len(made) > 1 else made[0]), True
         views = torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending = [views[count:]] if views.shape[0] > count else []
+        return views[:count], False
+
+    def _run(self, count: int) -> int:
+        views, normalised = self._take_views(count)
         labels = torch.cat(self.pending_labels)
         info = None
         if self.pending_info:
@@ -622,14 +672,15 @@ class _ViewBatcher:
             }
             rest_info = {key: value[count:] for key, value in info.items()}
             info = {key: value[:count] for key, value in info.items()}
-        self.outputs.append(self._reduce_halving(views[:count], labels[:count], info))
+        self.outputs.append(
+            self._reduce_halving(views, labels[:count], info, normalised=normalised)
+        )
+        rest = self.pending_count - count
         if info is not None:
-            self.pending_info = [rest_info] if len(views) > count else []
-        rest = views.shape[0] - count
+            self.pending_info = [rest_info] if rest else []
         taken = 0
         while taken < count:
             taken += self.pending_runs.popleft()
-        self.pending = [views[count:]] if rest else []
         self.pending_labels = [labels[count:]] if rest else []
         self.pending_count = rest
         return count
@@ -698,6 +749,25 @@ class _ViewBatcher:
         for key in meta_keys:
             columns[key] = np.concatenate([m[key] for m in meta])
         return pd.DataFrame(columns)
+
+
+class _DeviceSource:
+    """One uploaded image of a device-view suite and the metadata of its views still to
+    make (Suite.device_views)."""
+
+    def __init__(self, image: torch.Tensor, meta: dict[str, np.ndarray]):
+        self.image = image
+        self.meta = {key: np.asarray(value) for key, value in meta.items()}
+        self.left = len(next(iter(self.meta.values()))) if self.meta else 0
+        self.done = 0
+
+    def __len__(self) -> int:
+        return self.left
+
+    def take(self, count: int) -> dict[str, np.ndarray]:
+        """The metadata of the next ``count`` views, which leave the queue."""
+        start, self.done, self.left = self.done, self.done + count, self.left - count
+        return {key: value[start : self.done] for key, value in self.meta.items()}
 
 
 def _view_count(output: dict[str, np.ndarray]) -> int:

@@ -52,6 +52,10 @@ class Views:
     # Lengths of consecutive runs of views that must share one forward pass (the
     # frames of a sequence), summing to len(images); None: any view may go anywhere.
     groups: list[int] | None = None
+    # True: ``images`` is the one source image (1 x C x H x W uint8) and ``meta`` has one
+    # entry per view; the engine uploads the image once and makes the views on the
+    # device with ``Suite.device_views`` (grids of hundreds of views per image).
+    on_device: bool = False
 
 
 @dataclass
@@ -104,6 +108,17 @@ class Suite(abc.ABC):
     def summarise(self, records: pd.DataFrame) -> list[dict]:
         """Per-view records -> metric rows: {metric, value, n, <dimension>: ...}."""
         return summarise_terms(self, self.terms(records), records["sample"].nunique())
+
+    def device_views(self, image: torch.Tensor, meta: dict[str, np.ndarray]) -> torch.Tensor:
+        """For suites whose ``views`` return ``on_device`` views: the views described by
+        ``meta`` (a run of consecutive views of one image, their metadata) made from
+        ``image`` (1 x C x H x W float, pixel values 0..255, on the model's device), as
+        a float tensor of pixel values on that device; the engine normalises them.
+
+        Called in forward-pass-sized pieces (a pass may take the end of one image's views
+        and the start of the next), so a view must depend only on its own metadata.
+        """
+        raise NotImplementedError(f"suite {self.name} makes no views on the device")
 
     def device_reduction(self, module):
         """None: the engine reduces each pass's logits to pred, correct, p_true, ...

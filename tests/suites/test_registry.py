@@ -24,8 +24,6 @@ BUILTIN_NAMES = (
     "imagenet-c",
     "imagenet-p",
     "equivariance",
-    "fractional-shift",
-    "pixel-shift",
     "worst-shift",
 )
 
