@@ -11,8 +11,10 @@ from aabench.suites.accuracy import AccuracySuite
 from aabench.suites.base import Suite
 from aabench.suites.diagonal import DiagonalSuite
 from aabench.suites.equivariance import EquivarianceSuite
+from aabench.suites.fractional_shift import FractionalShiftSuite
 from aabench.suites.imagenet_c import ImageNetCSuite
 from aabench.suites.imagenet_p import ImageNetPSuite
+from aabench.suites.pixel_shift import PixelShiftSuite
 from aabench.suites.shift import ShiftSuite
 from aabench.suites.worst_shift import WorstShiftSuite
 
@@ -26,6 +28,8 @@ BUILTIN: dict[str, type[Suite]] = {
         ImageNetCSuite,
         ImageNetPSuite,
         EquivarianceSuite,
+        FractionalShiftSuite,
+        PixelShiftSuite,
         WorstShiftSuite,
     )
 }

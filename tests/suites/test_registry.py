@@ -24,6 +24,8 @@ BUILTIN_NAMES = (
     "imagenet-c",
     "imagenet-p",
     "equivariance",
+    "fractional-shift",
+    "pixel-shift",
     "worst-shift",
 )
 
