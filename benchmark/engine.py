@@ -89,6 +89,11 @@ class Part:
     def __len__(self) -> int:
         return len(self.positions)
 
+    @property
+    def views(self) -> int:
+        """Views its records stand for (a folded row counts its ``views``)."""
+        return view_count(self.records)
+
     @staticmethod
     def join(parts: list[Part]) -> Part:
         """One part, in single-process order: by position, then view."""
@@ -482,7 +487,7 @@ def evaluate(
         records=finished.records,
         seconds=seconds,
         images=len(finished) - len(finished.skipped),
-        views=len(finished.records),
+        views=finished.views,
         skipped=list(finished.skipped.values()),
         batch_size_halvings=batcher.halvings,
         finished=finished,
@@ -530,6 +535,14 @@ def block_size(suite: Suite, batch_size: int) -> int:
     """
     views = max(1, suite.views_per_image())
     return batch_size // math.gcd(batch_size, views)
+
+
+def view_count(records: pd.DataFrame) -> int:
+    """Views that ``records`` stand for: one per row, or the rows' ``views`` where a
+    suite folded them (Suite.fold_records)."""
+    if "views" in records:
+        return int(records["views"].sum())
+    return len(records)
 
 
 class _ViewBatcher:
@@ -720,12 +733,29 @@ class _ViewBatcher:
         finished = self.item_positions[:items] + list(skipped)
         del self.item_positions[:items]
         record_positions = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        records = self._frame(record_positions, view_index, meta, outputs)
+        records, record_positions = self._fold(records, record_positions)
         return Part(
             positions=np.array(sorted(finished), dtype=np.int64),
-            records=self._frame(record_positions, view_index, meta, outputs),
+            records=records,
             record_positions=record_positions,
             skipped=dict(skipped),
         )
+
+    def _fold(self, records: pd.DataFrame, positions: np.ndarray):
+        """The suite's folded records of finished images (Suite.fold_records) and the
+        position of each folded row, found by its ``sample``."""
+        suite = self.model.suite
+        if suite is None or type(suite).fold_records is Suite.fold_records:
+            return records, positions
+        folded = suite.fold_records(records).reset_index(drop=True)
+        by_sample = dict(zip(records["sample"], positions, strict=True))
+        folded_positions = np.array(
+            [by_sample[sample] for sample in folded["sample"]], dtype=np.int64
+        )
+        if len(folded_positions) and (np.diff(folded_positions) < 0).any():
+            raise RuntimeError(f"suite {suite.name} reordered images when folding records")
+        return folded, folded_positions
 
     def _frame(self, positions, view_index, meta, outputs) -> pd.DataFrame:
         samples = self.folder.samples

@@ -242,7 +242,7 @@ def run_suite(
     if records.empty:
         raise UserError(f"no image could be evaluated for suite {suite.name}: nothing written")
     new_images = sum(len(part) - len(part.skipped) for part, _, _ in ranks)
-    new_views = sum(len(part.records) for part, _, _ in ranks)
+    new_views = sum(part.views for part, _, _ in ranks)
     seconds = max(rank_seconds for _, rank_seconds, _ in ranks)
     rows = suite.summarise(records)
     table = tidy_table(rows, run_id=run_id, model=model.name, weights=weights.label, suite=suite)
@@ -263,7 +263,7 @@ def run_suite(
             "skipped_images": list(whole.skipped.values()),
         },
         "n": len(whole) - len(whole.skipped),
-        "views": len(records),
+        "views": whole.views,
         "seed": seed,
         "device": str(device),
         "device_name": device_description(device),

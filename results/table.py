@@ -57,6 +57,8 @@ def tidy_table(
     table = pd.DataFrame(records, columns=columns)
     for dimension in suite.dimensions:
         # Integer dimensions stay integers (16, not 16.0) on rows where they are blank too.
-        if pd.api.types.is_numeric_dtype(table[dimension]):
-            table[dimension] = table[dimension].astype("Int64")
+        # Fractional ones (worst-shift's half-pixel radii) stay floats.
+        values = table[dimension]
+        if pd.api.types.is_numeric_dtype(values) and (values.dropna() % 1 == 0).all():
+            table[dimension] = values.astype("Int64")
     return table

@@ -98,7 +98,8 @@ class Suite(abc.ABC):
 
     @abc.abstractmethod
     def terms(self, records: pd.DataFrame) -> pd.DataFrame:
-        """Per-view records -> additive terms: columns sample, metric, <dimensions>, num, den.
+        """Records (per view, or as ``fold_records`` left them) -> additive terms:
+        columns sample, metric, <dimensions>, num, den.
 
         Every metric is scale * sum(num) / sum(den) over its terms. Because the terms
         carry their image, the same definition gives the table's value and, resampled
@@ -108,6 +109,20 @@ class Suite(abc.ABC):
     def summarise(self, records: pd.DataFrame) -> list[dict]:
         """Per-view records -> metric rows: {metric, value, n, <dimension>: ...}."""
         return summarise_terms(self, self.terms(records), records["sample"].nunique())
+
+    def fold_records(self, records: pd.DataFrame) -> pd.DataFrame:
+        """The records the run keeps of finished images, from their per-view records
+        (whole images, by position then view). Default: every view's record.
+
+        The engine calls this as soon as images finish, before their records are kept,
+        checkpointed or gathered, so a suite with hundreds of views per image can keep
+        one row per image (worst-shift). The result must keep ``sample`` (which maps its
+        rows to their images) and the images' order; a row standing for several views
+        says how many in a ``views`` column. ``terms`` then reads the folded rows. Must
+        handle an empty frame (its columns only) and give the same rows however the
+        images were split between calls.
+        """
+        return records
 
     def device_views(self, image: torch.Tensor, meta: dict[str, np.ndarray]) -> torch.Tensor:
         """For suites whose ``views`` return ``on_device`` views: the views described by

@@ -19,7 +19,9 @@ View 0 is the reference (unshifted / centre crop); the grid follows ordered by C
 radius, so the first wrong view is the first failure at the smallest radius. The views
 are made on the device from the one uploaded image (``Views.on_device``). Every view
 runs (no early exit): the per-view records then do not depend on outcomes or batch
-size; robust accuracy and the radius curve need only the first failure's radius.
+size; robust accuracy and the radius curve need only the first failure's radius, so
+each finished image's views are folded to one row (``fold_records``) before the
+engine keeps, checkpoints or gathers them.
 """
 
 from __future__ import annotations
@@ -164,34 +166,47 @@ class WorstShiftSuite(Suite):
 
     # -- metrics ------------------------------------------------------------------------
 
-    def per_image(self, records: pd.DataFrame) -> pd.DataFrame:
-        """One row per image: clean, robust, and the first failing shift (dy, dx, angle,
-        radius; NaN where the image is robust)."""
-        ordered = records.sort_values(["sample", "view"], kind="stable")
+    def fold_records(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Whole images' per-view records -> one row per image: sample, label,
+        clean_correct, robust, the first failing shift (first_failure_dy, _dx, _angle,
+        _radius; NaN where the image is robust) and views. Only these leave the engine's
+        loop: 962 views an image would be 48 M rows for ImageNet val."""
         count = self.views_per_image()
-        correct = ordered["correct"].to_numpy().astype(bool).reshape(-1, count)
+        if len(records) % count:
+            raise ValueError(f"worst-shift records of whole images come in {count}s")
+        samples = records["sample"].to_numpy()
+        if len(samples) and not (samples.reshape(-1, count) == samples[::count, None]).all():
+            raise ValueError("worst-shift records must hold each image's views together")
+        correct = records["correct"].to_numpy().astype(bool).reshape(-1, count)
         failed = ~correct
         first = np.where(failed.any(axis=1), failed.argmax(axis=1), -1)
         frame = pd.DataFrame(
             {
-                "sample": ordered["sample"].to_numpy()[::count],
-                "clean": correct[:, 0],
+                "sample": samples[::count],
+                "label": np.asarray(records["label"], dtype=np.int64)[::count],
+                "clean_correct": correct[:, 0],
                 "robust": correct.all(axis=1),
-                "first_failure_view": first,
             }
         )
         for key in ("dy", "dx", "angle", "radius"):
-            values = ordered[key].to_numpy(dtype=float).reshape(-1, count)
+            # No images: the engine's empty frame may lack the metadata columns.
+            column = records[key] if len(records) else np.zeros(0)
+            values = np.asarray(column, dtype=float).reshape(-1, count)
             picked = values[np.arange(len(first)), np.maximum(first, 0)]
             frame[f"first_failure_{key}"] = np.where(first >= 0, picked, np.nan)
+        frame["views"] = np.full(len(frame), count, dtype=np.int64)
         return frame
+
+    def per_image(self, records: pd.DataFrame) -> pd.DataFrame:
+        """One row per image (``fold_records``'s), from folded or per-view records."""
+        return records if "robust" in records else self.fold_records(records)
 
     def terms(self, records: pd.DataFrame) -> pd.DataFrame:
         images = self.per_image(records)
         samples = images["sample"].to_numpy()
         frames = [
             term_frame("robust_accuracy", samples, images["robust"]),
-            term_frame("clean_accuracy", samples, images["clean"]),
+            term_frame("clean_accuracy", samples, images["clean_correct"]),
         ]
         radii = self.shift_grid()["radius"]
         if self.grid != "spatial":

@@ -23,6 +23,7 @@ from aabench.checkpoint import PartialRun
 from aabench.data.folder import open_image_folder
 from aabench.engine import EngineOptions, Hooks, Part, block_size, evaluate
 from aabench.suites.shift import ShiftSuite
+from aabench.suites.worst_shift import WorstShiftSuite
 from tests.helpers import GOLDFISH, TENCH, loaded, make_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: subprocesses import from it
@@ -312,3 +313,70 @@ def test_an_interrupted_imagenet_p_run_resumes_to_the_same_bytes(
     provenance = json.loads((tmp_path / "resumed" / "toy" / "imagenet-p.json").read_text())
     assert provenance["resumed_images"] > 0
     assert len(evaluated) == 6 - provenance["resumed_images"]
+
+
+def test_folded_worst_shift_records_checkpoint_and_resume_exactly(noise_root, tmp_path):
+    """worst-shift folds each finished image's views to one row before it is saved: the
+    checkpoints hold those rows, and any batch size or resumed session joins into the
+    same records."""
+    suite = WorstShiftSuite(grid="fraction")  # 14 views per image
+    folder = open_image_folder(noise_root)
+
+    def evaluate_tiny(batch_size: int, **kwargs) -> Part:
+        options = EngineOptions(device="cpu", batch_size=batch_size, workers=0, quiet=True)
+        return evaluate(loaded(Tiny()), suite, folder, options, **kwargs).finished
+
+    saved: list[Part] = []
+    whole = evaluate_tiny(4, hooks=Hooks(save=saved.append, save_every=0))
+    assert len(whole.records) == 6 and whole.views == 6 * 14
+    assert np.array_equal(whole.record_positions, np.arange(6))
+    for other in (3, 64):
+        other_part = evaluate_tiny(other)
+        pd.testing.assert_frame_equal(other_part.records, whole.records, check_exact=True)
+    assert len(saved) > 1 and all(len(p.records) == len(p.positions) for p in saved)
+    partial = PartialRun(tmp_path / "partial", {"suite": suite.name, "seed": 0})
+    partial.save(saved[0])
+    (first,) = partial.prepare(resume=True, restart=False)
+    pd.testing.assert_frame_equal(first.records, saved[0].records, check_exact=True)
+    assert first.views == saved[0].views
+    rest = evaluate_tiny(4, positions=np.setdiff1d(np.arange(6), first.positions))
+    resumed = Part.join([first, rest])
+    pd.testing.assert_frame_equal(resumed.records, whole.records, check_exact=True)
+    assert suite.summarise(resumed.records) == suite.summarise(whole.records)
+
+
+def test_an_interrupted_worst_shift_run_resumes_to_the_same_bytes(
+    cli, noise_root, tmp_path, monkeypatch
+):
+    import aabench.models.zoo
+
+    monkeypatch.setattr(aabench.models.zoo, "create_model", lambda *a, **k: loaded(Tiny()))
+
+    def run(out: Path, *extra: str):
+        return cli(
+            "run", "--model", "toy", "--suite", "worst-shift", "--data", str(noise_root),
+            "--set", "grid=fraction", "--batch-size", "4", "--workers", "0", "--quiet",
+            "--out", str(out), "--checkpoint-every", "0", *extra,
+        )  # fmt: skip
+
+    code, _, err = run(tmp_path / "reference")
+    assert code == 0, err
+    real_save = PartialRun.save
+
+    def save_then_ctrl_c(self, part):
+        real_save(self, part)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PartialRun, "save", save_then_ctrl_c)
+        assert run(tmp_path / "resumed")[0] == 130
+    code, _, err = run(tmp_path / "resumed", "--resume")
+    assert code == 0, err
+    names = ["worst-shift.csv", "worst-shift.samples.csv.gz"]
+    reference = files(tmp_path / "reference" / "toy", names)
+    assert files(tmp_path / "resumed" / "toy", names) == reference and len(reference) == 2
+    provenance = json.loads((tmp_path / "resumed" / "toy" / "worst-shift.json").read_text())
+    assert 0 < provenance["resumed_images"] < 6
+    assert provenance["views"] == 6 * 14 and provenance["n"] == 6
+    samples = pd.read_csv(tmp_path / "resumed" / "toy" / "worst-shift.samples.csv.gz")
+    assert len(samples) == 6 and (samples["views"] == 14).all()

@@ -10,6 +10,7 @@ from aabench.results.table import TIDY_COLUMNS, tidy_table
 from aabench.suites.accuracy import AccuracySuite
 from aabench.suites.diagonal import DiagonalSuite
 from aabench.suites.shift import ShiftSuite
+from aabench.suites.worst_shift import WorstShiftSuite
 
 
 def test_columns_and_values_for_a_suite_without_dimensions():
@@ -78,6 +79,17 @@ def test_dimension_columns_follow_as_int64_with_blanks(tmp_path):
     assert lines[3] == "r,m,none,diagonal,accuracy,69.0,%,True,3,"
     back = pd.read_csv(path)
     assert back["offset"].isna().tolist() == [False, False, True, True]
+
+
+def test_fractional_dimensions_stay_floats():
+    rows = [
+        {"metric": "robust_accuracy", "value": 50.0, "n": 2},
+        {"metric": "robust_accuracy", "radius": 0.5, "value": 100.0, "n": 2},
+        {"metric": "robust_accuracy", "radius": 1, "value": 50.0, "n": 2},
+    ]
+    table = tidy_table(rows, run_id="r", model="m", weights="none", suite=WorstShiftSuite())
+    assert table["radius"].dtype == float
+    assert table["radius"].tolist()[1:] == [0.5, 1.0] and pd.isna(table["radius"].iloc[0])
 
 
 def test_unknown_metric_is_refused():

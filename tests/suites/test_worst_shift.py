@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,31 @@ from tests.helpers import GOLDFISH, TABBY, TENCH, make_image_folder, run
 
 def table(suite, records):
     return {(r["metric"], r.get("radius")): r["value"] for r in suite.summarise(records)}
+
+
+@dataclass
+class PerView(WorstShiftSuite):
+    """worst-shift keeping every view's record (the engine's records before folding)."""
+
+    def fold_records(self, records):
+        return records
+
+
+def per_view_table(suite, records) -> dict:
+    """The table the old way: from every view's record, by the definitions."""
+    views = records.assign(correct=records["correct"].astype(bool))
+    by_image = views.groupby("sample", sort=False)
+    clean = views[views["view"] == 0].set_index("sample")["correct"]
+    values = {
+        ("robust_accuracy", None): 100 * by_image["correct"].all().mean(),
+        ("clean_accuracy", None): 100 * clean.mean(),
+    }
+    if suite.grid != "spatial":
+        for radius in np.unique(views.loc[views["radius"] > 0, "radius"]):
+            within = views[views["radius"] <= radius].groupby("sample", sort=False)
+            key = int(radius) if float(radius).is_integer() else round(float(radius), 6)
+            values[("robust_accuracy", key)] = 100 * within["correct"].all().mean()
+    return values
 
 
 class CircularPool(nn.Module):
@@ -82,7 +109,8 @@ def test_a_circularly_invariant_model_is_as_robust_as_it_is_accurate(tmp_path):
     root = make_image_folder(tmp_path / "noise", images)
     suite = WorstShiftSuite()
     records = run(CircularPool(), suite, root, resize=32, crop=32, batch_size=256).records
-    assert len(records) == 3 * 962
+    assert len(records) == 3  # one row per image: the 962 views folded on the way out
+    assert (records["views"] == 962).all()
     values = table(suite, records)
     assert values[("clean_accuracy", None)] == pytest.approx(200 / 3)
     assert values[("robust_accuracy", None)] == values[("clean_accuracy", None)]
@@ -96,13 +124,15 @@ def corner_root(tmp_path):
 
 def test_the_grid_finds_the_one_failing_shift_and_the_curve_steps_there(tmp_path):
     suite = WorstShiftSuite()
-    records = run(CornerRed(), suite, corner_root(tmp_path), resize=32, crop=32).records
-    failing = records[~records["correct"].astype(bool)]
+    views = run(CornerRed(), PerView(), corner_root(tmp_path), resize=32, crop=32).records
+    failing = views[~views["correct"].astype(bool)]
     # roll by (dy, dx) brings x[-dy, -dx] to (0, 0): (5, 7) for (27, 25) only.
     assert failing[["dy", "dx"]].to_numpy().tolist() == [[27, 25]]
-    first = suite.per_image(records).iloc[0]
+    records = run(CornerRed(), suite, corner_root(tmp_path), resize=32, crop=32).records
+    first = records.iloc[0]
+    assert (first["clean_correct"], first["robust"]) == (True, False)
     assert (first["first_failure_dy"], first["first_failure_dx"]) == (27, 25)
-    assert first["first_failure_radius"] == 27
+    assert (first["first_failure_angle"], first["first_failure_radius"]) == (0, 27)
     values = table(suite, records)
     assert values[("clean_accuracy", None)] == 100.0
     assert values[("robust_accuracy", None)] == 0.0
@@ -133,7 +163,8 @@ def test_results_do_not_depend_on_the_batch_size_and_the_curve_never_rises(tmp_p
     model.linear.bias.data[0] = 2.0  # class 0 often, not always
     small = run(model, suite, root, batch_size=5).records
     large = run(model, suite, root, batch_size=64).records
-    assert small[["pred", "correct"]].equals(large[["pred", "correct"]])
+    pd.testing.assert_frame_equal(small, large, check_exact=True)
+    assert len(small) == 2 and (small["views"] == suite.views_per_image()).all()
     assert table(suite, small) == table(suite, large)
     values = table(suite, small)
     radii = sorted(r for (_, r) in values if r is not None)
@@ -161,3 +192,64 @@ def test_device_views_are_the_shift_operators():
         i, j = int(meta["dy"][v]) + 2, int(meta["dx"][v]) + 2
         assert 1 <= i <= 4 and 1 <= j <= 4
         assert torch.equal(made[v], source[0, :, i : i + 12, j : j + 12])
+
+
+class Brightness(nn.Module):
+    """Class 0 when the image is bright enough, the threshold nudged by each pixel: some
+    images right under every shift, some only under some, some never."""
+
+    def __init__(self, size=32):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.nudge = torch.randn(3 * size * size, generator=generator) / (3 * size * size)
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], 1000), -100.0)
+        logits[:, 1] = 0.0
+        logits[:, 0] = x.flatten(1).mean(1) - 0.45 + 20 * x.flatten(1) @ self.nudge
+        return logits
+
+
+@pytest.mark.parametrize("grid", ["fraction", "crop", "spatial"])
+def test_folded_records_give_the_table_of_every_views_records(tmp_path, grid):
+    rng = np.random.default_rng(1)
+    images = {
+        TENCH: [
+            rng.integers(lo, lo + 80, (40, 40, 3), dtype=np.uint8)
+            for lo in (20, 70, 74, 78, 82, 170)
+        ]
+    }
+    root = make_image_folder(tmp_path / "noise", images)
+    parameters = {"grid": grid, "m": 2, "angles": 3, "translations": 3}
+    suite = WorstShiftSuite(**parameters)
+    model = Brightness()
+    folded = run(model, suite, root, batch_size=7).records
+    views = run(model, PerView(**parameters), root, batch_size=7).records
+    assert len(folded) == 6 and len(views) == 6 * suite.views_per_image()
+    assert 0 < folded["robust"].sum() < folded["clean_correct"].sum() <= 6
+    expected = per_view_table(suite, views)
+    assert table(suite, folded) == pytest.approx(expected, abs=1e-12)
+    assert table(suite, folded) == table(suite, views)  # per-view records fold on the way
+    pd.testing.assert_frame_equal(suite.fold_records(views), folded, check_exact=True)
+    robust = folded["robust"].to_numpy()
+    assert folded.loc[robust, [c for c in folded if c.startswith("first_")]].isna().all().all()
+    first = folded.loc[~robust].iloc[0]
+    image = views[views["sample"] == first["sample"]]
+    failing = image[~image["correct"].astype(bool)].iloc[0]
+    for key in ("dy", "dx", "angle"):
+        assert first[f"first_failure_{key}"] == failing[key]
+
+
+def test_folding_keeps_the_columns_of_no_records():
+    suite = WorstShiftSuite(grid="fraction")
+    empty = pd.DataFrame(
+        {
+            "sample": [],
+            "view": [],
+            "label": [],
+            "correct": [],
+            **{key: [] for key in ("dy", "dx", "angle", "radius", "reference")},
+        }
+    )
+    folded = suite.fold_records(empty)
+    assert folded.empty and "robust" in folded and "views" in folded
