@@ -21,13 +21,15 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository: subprocesses impor
 TIMEOUT = 240  # seconds: a hang fails the test instead of the whole suite
 MODEL = ("--model", "resnet18", "--weights", "none", "--device", "cpu", "--workers", "0")
 # Batches of 4 views: 2-image blocks for the shift suite (2 views each), 4-image blocks
-# for imagenet-c (5 views each), so both ranks get work and the shards are uneven.
+# for imagenet-c (5 views each), 2-image blocks for worst-shift (14 views each, folded to
+# one row per image on each rank), so both ranks get work and the shards are uneven.
+SUITES = ("shift", "imagenet-c", "worst-shift")
 RUN = (
-    *MODEL, "--suite", "shift,imagenet-c", "--generate", "--set", "epochs=1",
+    *MODEL, "--suite", ",".join(SUITES), "--generate", "--set", "epochs=1",
     "--set", "corruptions=gaussian_noise,brightness", "--set", "severities=1,2",
-    "--batch-size", "4", "--quiet",
+    "--set", "grid=fraction", "--batch-size", "4", "--quiet",
 )  # fmt: skip
-FILES = [f"{s}{e}" for s in ("shift", "imagenet-c") for e in (".csv", ".samples.csv.gz")]
+FILES = [f"{s}{e}" for s in SUITES for e in (".csv", ".samples.csv.gz")]
 
 
 def free_port() -> int:
@@ -104,9 +106,11 @@ def test_torchrun_with_two_ranks_writes_exactly_what_one_process_writes(tmp_path
     assert provenance["world_size"] == 2 and provenance["n"] == 5
     assert provenance["resumed_images"] == 0
     assert sorted(p.name for p in (distributed / "resnet18").iterdir()) == sorted(
-        [*FILES, "shift.json", "imagenet-c.json"]
+        [*FILES, *(f"{suite}.json" for suite in SUITES)]
     )  # no checkpoints left behind
-    assert done.stdout.count("table:") == 2  # rank 0's summaries only
+    assert done.stdout.count("table:") == 3  # rank 0's summaries only
+    worst = json.loads((distributed / "resnet18" / "worst-shift.json").read_text())
+    assert worst["views"] == 5 * 14 and worst["n"] == 5
 
 
 def test_an_error_on_one_rank_ends_every_rank_with_one_line_from_rank_0(tmp_path):
