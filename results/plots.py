@@ -37,6 +37,7 @@ IMAGENET_P_FLIP = "ImageNet-P: flip probability"
 IMAGENET_P_TOP5 = "ImageNet-P: top-5 distance"
 EQUIVARIANCE_PROFILE = "Equivariance: feature distance against depth"
 EQUIVARIANCE_HEATMAP = "Equivariance: distance against shift (dh, dw)"
+WORST_SHIFT_CURVE = "Worst-case shift: robust accuracy against radius"
 _EQUIVARIANCE_METRICS = (
     ("l2_distance", "normalised L2 distance"),
     ("cosine_distance", "cosine distance"),
@@ -54,6 +55,7 @@ def all_plots(source) -> list[Plot]:
         *imagenet_c_plots(source),
         *imagenet_p_plots(source),
         *equivariance_plots(source),
+        *worst_shift_plots(source),
     ]
 
 
@@ -302,6 +304,52 @@ def equivariance_plots(source) -> list[Plot]:
         figure.suptitle(EQUIVARIANCE_HEATMAP, fontsize=10)
         plots.append((EQUIVARIANCE_HEATMAP, _png(figure)))
     return plots
+
+
+def worst_shift_plots(source) -> list[Plot]:
+    """Robust accuracy against the grid's Chebyshev radius, one line per run, starting
+    at radius 0 from the run's clean accuracy, which a dashed line of the run's colour
+    repeats as its ceiling. Runs without radius rows (the spatial grid) are left out."""
+    runs = _runs(source)
+    curves = []
+    for index, run in enumerate(runs):
+        rows = _rows(run.table, "worst-shift", "robust_accuracy", "radius")
+        if rows.empty:
+            continue
+        curve = rows.groupby(_numeric(rows["radius"]))["value"].mean().sort_index()
+        clean = _rows(run.table, "worst-shift", "clean_accuracy")
+        if "radius" in clean.columns:
+            clean = clean[clean["radius"].isna()]
+        level = float(clean["value"].mean()) if not clean.empty else math.nan
+        if math.isfinite(level):
+            curve = pd.concat([pd.Series([level], index=[0.0]), curve[curve.index > 0]])
+        curves.append((index, run.label, curve, level, _unit(rows)))
+    if not curves:
+        return []
+    figure, axes = _figure()
+    values = []
+    for index, label, curve, level, _ in curves:
+        colour = _colour(index)
+        axes.plot(
+            curve.index.to_numpy(),
+            curve.to_numpy(),
+            marker="o",
+            markersize=2.5,
+            linewidth=2.0 if index == 0 else 1.4,
+            color=colour,
+            label=_legend_label(label, index),
+        )
+        if math.isfinite(level):
+            axes.axhline(level, linestyle="--", linewidth=1.0, color=colour, alpha=0.8)
+        values += [*curve.to_numpy(), level]
+    _floor_at_zero(axes, values)
+    axes.plot([], [], linestyle="--", linewidth=1.0, color="#555", label="clean accuracy")
+    axes.set_xlabel("shift radius (pixels, Chebyshev)")
+    axes.set_ylabel(_axis_label("robust accuracy", curves[0][4]))
+    axes.set_title(WORST_SHIFT_CURVE, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return [(WORST_SHIFT_CURVE, _png(figure))]
 
 
 # --- helpers -------------------------------------------------------------------------

@@ -22,17 +22,20 @@ from aabench.results.plots import (
     IMAGENET_P_FLIP,
     IMAGENET_P_TOP5,
     SHIFT_BARS,
+    WORST_SHIFT_CURVE,
     all_plots,
     diagonal_plots,
     imagenet_c_plots,
     imagenet_p_plots,
     shift_plots,
+    worst_shift_plots,
 )
 from aabench.results.published import published_table
 from aabench.results.table import TIDY_COLUMNS, tidy_table
 from aabench.suites.accuracy import AccuracySuite
 from aabench.suites.diagonal import DiagonalSuite
 from aabench.suites.shift import ShiftSuite
+from aabench.suites.worst_shift import WorstShiftSuite
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -290,3 +293,39 @@ def test_mixed_suites_in_one_comparison():
         IMAGENET_P_FLIP,
         IMAGENET_P_TOP5,
     ]
+
+
+def worst_shift(label: str, grid: str = "integer", drop: float = 2.0) -> RunTables:
+    """A worst-shift run's tidy table: the radius curve falls by ``drop`` per radius."""
+    clean = 80.0
+    rows = [{"metric": "clean_accuracy", "value": clean, "n": 50}]
+    radii = range(1, 8) if grid != "spatial" else ()
+    rows += [
+        {"metric": "robust_accuracy", "radius": r, "value": clean - drop * r, "n": 50}
+        for r in radii
+    ]
+    rows.append({"metric": "robust_accuracy", "value": clean - drop * 7, "n": 50})
+    common = {"run_id": f"{label}-run", "model": label, "weights": f"{label}.pth"}
+    table = tidy_table(rows, suite=WorstShiftSuite(grid=grid), **common)
+    return RunTables(label, table)
+
+
+def test_worst_shift_gives_the_radius_curve():
+    runs = [worst_shift("convnext_tiny"), worst_shift("convnext_afc", drop=0.0)]
+    plots = worst_shift_plots(runs)
+    assert titles(plots) == [WORST_SHIFT_CURVE]
+    assert pixel_size(plots[0][1]) == (600, 400)
+    assert worst_shift_plots(compare(runs)) == plots  # deterministic bytes
+    assert titles(all_plots([*runs])) == [WORST_SHIFT_CURVE]
+    mixed = all_plots([run("a"), worst_shift("b")])
+    assert titles(mixed) == [DIAGONAL_P_TRUE, DIAGONAL_ACCURACY, SHIFT_BARS, WORST_SHIFT_CURVE]
+
+
+def test_worst_shift_without_radius_rows_draws_no_curve():
+    # The spatial grid (and Engstrom's published numbers) has no radius rows.
+    assert worst_shift_plots([worst_shift("a", grid="spatial")]) == []
+    assert worst_shift_plots([run("a")]) == []
+    spatial_and_integer = [worst_shift("a", grid="spatial"), worst_shift("b")]
+    assert titles(worst_shift_plots(spatial_and_integer)) == [WORST_SHIFT_CURVE]
+    published = published_table("spatial-pytorch")
+    assert worst_shift_plots([RunTables("engstrom", published)]) == []
