@@ -74,12 +74,17 @@ def value(table: pd.DataFrame, **where) -> float:
     return float(found.iloc[0])
 
 
+NAMES = ["antialiased-cnns", "imagenet-c", "imagenet-p", "spatial-pytorch"]
+
+
 def test_names():
-    assert published_names() == ["antialiased-cnns", "imagenet-c", "imagenet-p"]
+    assert published_names() == NAMES
 
 
 def test_unknown_name_is_a_user_error_that_lists_the_names():
-    with pytest.raises(UserError, match="antialiased-cnns, imagenet-c, imagenet-p"):
+    with pytest.raises(
+        UserError, match="antialiased-cnns, imagenet-c, imagenet-p, spatial-pytorch"
+    ):
         published_table("imagenet-x")
     with pytest.raises(UserError):
         published_table("../published/imagenet-c")
@@ -89,7 +94,9 @@ def test_name_may_carry_the_csv_suffix():
     assert published_table("imagenet-p.csv").equals(published_table("imagenet-p"))
 
 
-@pytest.mark.parametrize("name", ["antialiased-cnns", "imagenet-c", "imagenet-p"])
+@pytest.mark.parametrize(
+    "name", ["antialiased-cnns", "imagenet-c", "imagenet-p", "spatial-pytorch"]
+)
 def test_tables_are_typed_like_run_tables(name):
     table = published_table(name)
     assert list(table.columns[: len(FIXED)]) == FIXED
@@ -182,3 +189,35 @@ def test_imagenet_p_anchors():
     assert (table.loc[table["model"] == "resnet50_aa5", "weights"] == "resnet50_lpf5").all()
     assert not table["higher_is_better"].any()
     assert table["n"].isna().all()  # the sources do not say
+
+
+# shift-protocols.md §5.3, confirmed (spatial-pytorch README, PyTorch ResNet-18): training,
+# Natural, Exhaustive grid (the Random and Worst-of-10 columns are attacks aabench lacks).
+ENGSTROM_GRID = {
+    "engstrom2019-resnet18-standard": ("Standard", 71.3, 20.9),
+    "engstrom2019-resnet18-nocrop": ("No crop", 65.4, 11.8),
+    "engstrom2019-resnet18-aug30": ("Data aug 30°/24 px", 68.9, 38.1),
+    "engstrom2019-resnet18-aug40": ("Data aug 40°/32 px", 68.3, 38.8),
+    "engstrom2019-resnet18-worst10-30": ("Worst-of-10 train 30°/24 px", 69.1, 48.1),
+    "engstrom2019-resnet18-worst10-40": ("Worst-of-10 train 40°/32 px", 68.6, 48.4),
+}
+
+
+def test_spatial_pytorch_is_engstroms_exhaustive_grid_table():
+    from aabench.models.catalogue import known_model_names
+
+    table = published_table("spatial-pytorch")
+    assert len(table) == 6 * 2 and list(table.columns) == FIXED  # no dimensions
+    assert (table["suite"] == "worst-shift").all()
+    assert set(table["model"]) == set(ENGSTROM_GRID)
+    assert not set(table["model"]) & set(known_model_names())  # never one of aabench's models
+    for model, (training, natural, grid) in ENGSTROM_GRID.items():
+        assert value(table, model=model, metric="clean_accuracy") == natural
+        assert value(table, model=model, metric="robust_accuracy") == grid
+        weights = table.loc[table["model"] == model, "weights"]
+        assert (weights == f"spatial-pytorch ResNet-18, {training}").all()
+    assert table["higher_is_better"].all()
+    assert table["n"].isna().all()  # the README does not say
+    (source,) = set(table["source"])
+    assert source.startswith("Engstrom et al. 2019, spatial-pytorch README")
+    assert "grid=spatial" in source and "Random and Worst-of-10" in source
