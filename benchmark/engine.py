@@ -94,6 +94,23 @@ class Part:
         """Views its records stand for (a folded row counts its ``views``)."""
         return view_count(self.records)
 
+    def split(self, cut: int | None) -> tuple[Part, Part]:
+        """(the images at positions below ``cut``, the rest); None: (all, nothing)."""
+        cut = np.iinfo(np.int64).max if cut is None else cut
+        halves = []
+        for below in (True, False):
+            keep = (self.positions < cut) == below
+            kept = (self.record_positions < cut) == below
+            halves.append(
+                Part(
+                    positions=self.positions[keep],
+                    records=self.records[kept].reset_index(drop=True),
+                    record_positions=self.record_positions[kept],
+                    skipped={p: t for p, t in self.skipped.items() if (p < cut) == below},
+                )
+            )
+        return halves[0], halves[1]
+
     @staticmethod
     def join(parts: list[Part]) -> Part:
         """One part, in single-process order: by position, then view."""
@@ -413,6 +430,17 @@ def evaluate(
     parts: list[Part] = []
     skipped: dict[int, str] = {}  # not yet in a part
     consumed = 0  # items of the dataset taken from the loader
+    # A suite that folds its records (Suite.fold_records) has each image's views folded
+    # as soon as the image is finished: memory then holds the views of unfinished images
+    # only, and these folded parts until they are saved in whole blocks.
+    folds = type(suite).fold_records is not Suite.fold_records
+    folded: list[Part] = []
+
+    def fold_finished() -> None:
+        if folds:
+            part = batcher.take_finished({})
+            if len(part):
+                folded.append(part)
 
     def take(final: bool = False) -> None:
         cut = None  # at the end every block is whole
@@ -426,6 +454,9 @@ def evaluate(
         part = batcher.take_finished(ready, before=cut)
         for position in ready:
             del skipped[position]
+        if folded:
+            part, rest = Part.join([*folded, part]).split(cut)
+            folded[:] = [rest] if len(rest) else []
         parts.append(part)
         if hooks.save and len(part):
             hooks.save(part)
@@ -445,6 +476,7 @@ def evaluate(
                         # with it the float rounding of its outputs, is the same in
                         # every shard and every resumed session.
                         advance(batcher.flush() / per_image)
+                        fold_finished()
                         current_block = item["position"] // block
                     sample = folder.samples[item["position"]]
                     if "fatal" in item:
@@ -465,6 +497,7 @@ def evaluate(
                     batcher.add(item, sample.label)
                     consumed += 1
                 advance(batcher.run_full_batches() / per_image)
+                fold_finished()
                 if hooks.poll:
                     hooks.poll()
                 if hooks.stop and hooks.stop():

@@ -253,3 +253,23 @@ def test_folding_keeps_the_columns_of_no_records():
     )
     folded = suite.fold_records(empty)
     assert folded.empty and "robust" in folded and "views" in folded
+
+
+def test_views_are_folded_as_soon_as_their_image_is_finished(tmp_path, monkeypatch):
+    """Without checkpoints too: the engine never holds the views of finished images."""
+    rng = np.random.default_rng(2)
+    images = {TENCH: [rng.integers(0, 256, (40, 40, 3), dtype=np.uint8) for _ in range(6)]}
+    root = make_image_folder(tmp_path / "noise", images)
+    suite = WorstShiftSuite(grid="fraction")  # 14 views an image
+    folded_sizes = []
+    real_fold = WorstShiftSuite.fold_records
+
+    def recording(self, records):
+        folded_sizes.append(len(records))
+        return real_fold(self, records)
+
+    monkeypatch.setattr(WorstShiftSuite, "fold_records", recording)
+    evaluation = run(Brightness(), suite, root, batch_size=4)
+    assert sum(folded_sizes) == 6 * 14 and max(folded_sizes) <= 2 * 14
+    assert len(evaluation.records) == 6 and evaluation.views == 6 * 14
+    assert evaluation.finished.record_positions.tolist() == list(range(6))
