@@ -153,10 +153,10 @@ class Hooks:
 
 @dataclass
 class Evaluation:
-    records: pd.DataFrame  # one row per (image, view)
+    records: pd.DataFrame  # one row per (image, view); per image where the suite folds
     seconds: float
     images: int
-    views: int
+    views: int  # views run (a folded record counts its views)
     skipped: list[str] = field(default_factory=list)  # "path: reason"
     batch_size_halvings: list[int] = field(default_factory=list)  # after out-of-memory
     finished: Part | None = None  # the same records with their global positions
