@@ -124,8 +124,15 @@ class ShiftSuite(Suite):
 
     def protocol(self) -> dict:
         """A preset is its resolved parameters: the preset's name is left out, so a run
-        with preset=aps and one that sets the same parameters measure the same thing."""
-        return {k: v for k, v in super().protocol().items() if k != "preset"}
+        with preset=aps and one that sets the same parameters measure the same thing.
+        ``roll_of`` and ``compare_to`` at their defaults are what every run measured
+        before they existed, and are left out too: earlier runs stay comparable."""
+        left_out = {("roll_of", "crop"), ("compare_to", "shifted")}
+        return {
+            k: v
+            for k, v in super().protocol().items()
+            if k != "preset" and (k, v) not in left_out
+        }
 
     def prepare(self, image, preprocessing):
         crop = preprocessing.crop_size

@@ -26,6 +26,18 @@ def test_no_assignments_give_the_published_defaults():
         "per_batch": False,
         "reference_batch": 8,
         "mode": "crop",
+        "roll_of": "crop",
+        "compare_to": "shifted",
+        "preset": "",
+    }
+    # The parameters added with the later papers' variants, at their defaults, leave
+    # the protocol as it was: earlier runs stay comparable with new ones.
+    assert shift.protocol() == {
+        "max_shift": 32,
+        "epochs": 5,
+        "per_batch": False,
+        "reference_batch": 8,
+        "mode": "crop",
     }
     assert diagonal.max_offset == 32
 
@@ -83,6 +95,9 @@ def test_parameter_types_follow_the_dataclass_fields():
         "per_batch": bool,
         "reference_batch": int,
         "mode": str,
+        "roll_of": str,
+        "compare_to": str,
+        "preset": str,
     }
     assert parameter_types(AccuracySuite) == {"resize_size": int | None, "crop_size": int | None}
 
@@ -92,7 +107,7 @@ def test_unknown_key_lists_the_valid_keys():
         build("epoch=3", names=["shift"], classes=[ShiftSuite])
     message = str(error.value)
     assert "unknown --set key epoch for suite shift" in message
-    assert "valid keys are epochs, max_shift, mode, per_batch, reference_batch" in message
+    assert "valid keys are compare_to, epochs, max_shift, mode, per_batch, preset, reference_batch, roll_of" in message
 
 
 def test_unknown_key_lists_the_keys_of_every_chosen_suite():
