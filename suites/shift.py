@@ -129,9 +129,7 @@ class ShiftSuite(Suite):
         before they existed, and are left out too: earlier runs stay comparable."""
         left_out = {("roll_of", "crop"), ("compare_to", "shifted")}
         return {
-            k: v
-            for k, v in super().protocol().items()
-            if k != "preset" and (k, v) not in left_out
+            k: v for k, v in super().protocol().items() if k != "preset" and (k, v) not in left_out
         }
 
     def prepare(self, image, preprocessing):
