@@ -709,12 +709,12 @@ def test_11_ctrl_c_inside_the_engine_keeps_finished_suites(cli, tmp_path, monkey
     real_reduce = engine.PreparedModel.reduce
     models = []
 
-    def interrupt_the_second_suite(self, views, labels):
+    def interrupt_the_second_suite(self, *args, **kwargs):
         if self not in models:
             models.append(self)
         if len(models) > 1:
             raise KeyboardInterrupt
-        return real_reduce(self, views, labels)
+        return real_reduce(self, *args, **kwargs)
 
     monkeypatch.setattr(engine.PreparedModel, "reduce", interrupt_the_second_suite)
     out = tmp_path / "runs"
