@@ -100,6 +100,19 @@ def interrupted(toy_run, tmp_path, monkeypatch) -> Path:
     return out / "toy"
 
 
+def ctrl_c_after_first_checkpoint(monkeypatch, run) -> int:
+    """``run()``'s exit code when Ctrl-C comes right after its first checkpoint is saved."""
+    real_save = PartialRun.save
+
+    def save_then_ctrl_c(self, part):
+        real_save(self, part)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PartialRun, "save", save_then_ctrl_c)
+        return run()[0]
+
+
 @contextlib.contextmanager
 def record_evaluated(monkeypatch):
     """The positions of the images a run reads (workers 0: in this process)."""
@@ -294,15 +307,7 @@ def test_an_interrupted_imagenet_p_run_resumes_to_the_same_bytes(
 
     code, _, err = run(tmp_path / "reference")
     assert code == 0, err
-    real_save = PartialRun.save
-
-    def save_then_ctrl_c(self, part):
-        real_save(self, part)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(PartialRun, "save", save_then_ctrl_c)
-        assert run(tmp_path / "resumed")[0] == 130
+    assert ctrl_c_after_first_checkpoint(monkeypatch, lambda: run(tmp_path / "resumed")) == 130
     with record_evaluated(monkeypatch) as evaluated:
         code, _, err = run(tmp_path / "resumed", "--resume")
     assert code == 0, err
@@ -361,15 +366,7 @@ def test_an_interrupted_worst_shift_run_resumes_to_the_same_bytes(
 
     code, _, err = run(tmp_path / "reference")
     assert code == 0, err
-    real_save = PartialRun.save
-
-    def save_then_ctrl_c(self, part):
-        real_save(self, part)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(PartialRun, "save", save_then_ctrl_c)
-        assert run(tmp_path / "resumed")[0] == 130
+    assert ctrl_c_after_first_checkpoint(monkeypatch, lambda: run(tmp_path / "resumed")) == 130
     code, _, err = run(tmp_path / "resumed", "--resume")
     assert code == 0, err
     names = ["worst-shift.csv", "worst-shift.samples.csv.gz"]
