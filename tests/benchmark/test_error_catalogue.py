@@ -25,46 +25,14 @@ from PIL import Image
 
 from aabench.cli import main
 from aabench.errors import UserError
+from tests.catalogue import FAST, TINY, files_under, snapshot, tiny_folder, user_error
 from tests.helpers import GOLDFISH, TENCH, make_image_folder, solid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FAST = ("--device", "cpu", "--workers", "0", "--quiet")
-TINY = ("--model", "resnet18_aa", "--weights", "none", *FAST)
 RELEASED_URL = (
     "https://antialiased-cnns.s3.us-east-2.amazonaws.com/weights_v0.1/"
     "resnet18_lpf4_finetune-8cc58f59.pth"
 )
-
-
-def user_error(result: tuple[int, str, str], *words: str) -> str:
-    """Assert exit 2 with exactly one line on stderr holding every word; return it."""
-    code, out, err = result
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert err == lines[0] + "\n"
-    line = lines[0]
-    assert line.startswith("aabench: error: ")
-    for word in words:
-        assert word in line, f"{word!r} not in {line!r}"
-    assert out == ""
-    return line
-
-
-def files_under(root: Path) -> list[str]:
-    """Every file under ``root`` (hidden temporaries too), relative, sorted."""
-    if not root.exists():
-        return []
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {name: (root / name).read_bytes() for name in files_under(root)}
-
-
-def tiny_folder(root: Path) -> Path:
-    return make_image_folder(root, {TENCH: [solid(40, 90)], GOLDFISH: [solid(40, 200)]})
 
 
 # 1. Unknown model name.
