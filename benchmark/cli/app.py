@@ -3,14 +3,22 @@ user errors into one line and exit code 2."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
 import traceback
 
 import typer
 
+try:  # typer 0.2x carries its own copy of click; older releases use click itself
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:
+    from click.exceptions import ClickException, UsageError
+
 from aabench import __version__
+from aabench.checks import printable
 from aabench.errors import UserError
 
 app = typer.Typer(
@@ -66,23 +74,33 @@ STD = typer.Option(None, "--std", help="Normalisation std: R,G,B.")
 
 
 INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+TERMINATED = 128 + signal.SIGTERM  # ... and by SIGTERM (timeout, Slurm, docker stop)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that every path
+    that keeps finished work on Ctrl-C keeps it on SIGTERM too."""
 
 
 class Interrupted(Exception):
-    """Ctrl-C, carried past click (which would turn it into exit code 1, the gate's
-    "regression") to main()."""
+    """Ctrl-C or SIGTERM, carried past click (which would turn it into exit code 1, the
+    gate's "regression") to main()."""
+
+    def __init__(self, terminated: bool = False):
+        super().__init__("terminated" if terminated else "interrupted")
+        self.terminated = terminated
 
 
 def command(*args, **kwargs):
-    """app.command, with Ctrl-C inside the command becoming a clean exit 130."""
+    """app.command, with Ctrl-C or SIGTERM inside the command becoming a clean exit."""
 
     def register(function):
         @functools.wraps(function)
         def interruptible(*call_args, **call_kwargs):
             try:
                 return function(*call_args, **call_kwargs)
-            except KeyboardInterrupt:
-                raise Interrupted from None
+            except KeyboardInterrupt as stop:
+                raise Interrupted(isinstance(stop, Terminated)) from None
 
         return app.command(*args, **kwargs)(interruptible)
 
@@ -108,35 +126,70 @@ def _root(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2.
 
-    Typer runs in standalone mode, so usage errors, --help and --version exit through
-    SystemExit with click's own codes; only our UserError is translated here.
+    Typer runs outside click's standalone mode, so that usage errors reach us and get
+    the same one line as any other bad input instead of click's framed box.
     """
     _state["debug"] = bool(os.environ.get("AABENCH_DEBUG"))
+    with _sigterm_as_interrupt():
+        try:
+            code = app(args=argv, prog_name="aabench", standalone_mode=False)
+        except UsageError as error:
+            if not error.format_message():  # no arguments at all: the help was the answer
+                sys.exit(error.exit_code)
+            help_command = error.ctx.command_path if error.ctx else "aabench"
+            _exit(
+                UserError.exit_code,
+                f"aabench: error: {error.format_message()} (see `{help_command} --help`)",
+                error.format_message(),
+            )
+        except ClickException as error:
+            _exit(UserError.exit_code, f"aabench: error: {error.format_message()}", str(error))
+        except UserError as error:
+            if _state["debug"]:
+                _other_ranks_stop(error.exit_code, str(error))
+                raise
+            _exit(error.exit_code, f"aabench: error: {error}", str(error))
+        except (Interrupted, typer.Abort) as error:
+            terminated = isinstance(error, Interrupted) and error.terminated
+            _exit(
+                TERMINATED if terminated else INTERRUPTED,
+                f"aabench: {'terminated (SIGTERM)' if terminated else 'interrupted'}: outputs "
+                "already written are kept; nothing was written for the unfinished step (a run "
+                "keeps its finished images: --resume continues it)",
+                "terminated" if terminated else "interrupted",
+            )
+        except Exception as error:
+            # A bug, not bad input: show everything, and never exit 1, which `gate`
+            # reserves for a regression.
+            traceback.print_exc()
+            _exit(
+                INTERNAL_ERROR,
+                f"aabench {__version__}: internal error (a bug): please report it with the "
+                "traceback above",
+                f"a rank hit an internal error (a bug; its traceback is in its output): "
+                f"{type(error).__name__}: {error}",
+            )
+    # A command's own exit code (gate's 1) arrives as typer.Exit's code.
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises Terminated in the main thread for as long as the CLI runs; the
+    previous handler comes back after (the CLI also runs inside test processes)."""
+
+    def terminate(signum, frame):
+        raise Terminated
+
     try:
-        app(args=argv, prog_name="aabench")
-    except UserError as error:
-        if _state["debug"]:
-            _other_ranks_stop(error.exit_code, str(error))
-            raise
-        _exit(error.exit_code, f"aabench: error: {error}", str(error))
-    except Interrupted:
-        _exit(
-            INTERRUPTED,
-            "aabench: interrupted: outputs already written are kept; nothing was written "
-            "for the unfinished step (a run keeps its finished images: --resume continues it)",
-            "interrupted",
-        )
-    except Exception as error:
-        # A bug, not bad input: show everything, and never exit 1, which `gate` reserves
-        # for a regression.
-        traceback.print_exc()
-        _exit(
-            INTERNAL_ERROR,
-            f"aabench {__version__}: internal error (a bug): please report it with the "
-            "traceback above",
-            f"a rank hit an internal error (a bug; its traceback is in its output): "
-            f"{type(error).__name__}: {error}",
-        )
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _other_ranks_stop(code: int, message: str):
@@ -155,7 +208,7 @@ def _exit(code: int, line: str, message: str):
     rank's failure)."""
     world = _other_ranks_stop(code, message)
     if world is None or world.is_main:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
     if world is not None:
         world.leave(line)
     sys.exit(code)
