@@ -370,7 +370,7 @@ class ShiftConsistency:
         folder = open_image_folder(self.data, limit=self.limit)
         views, labels = [], []
         for position, sample in enumerate(folder.samples):
-            image = self.suite.prepare(decode(folder.root / sample.path), self.preprocessing)
+            image = self.suite.prepare(decode(folder.root / sample.file), self.preprocessing)
             cut = self.suite.views(image, sample, position, self.seed)
             views.append(cut.images)
             labels += [sample.label] * len(cut.images)

@@ -34,6 +34,7 @@ from rich.progress import (
 from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
+from aabench.checks import printable
 from aabench.data.folder import ImageFolder
 from aabench.errors import UserError
 from aabench.models.zoo import LoadedModel
@@ -200,7 +201,7 @@ class FolderSource:
         self.root = folder.root
 
     def images(self, sample) -> dict:
-        return {"clean": decode(self.root / sample.path)}
+        return {"clean": decode(self.root / sample.file)}
 
 
 class ViewDataset(Dataset):
@@ -255,14 +256,35 @@ class BadImage(Exception):
 
 
 def decode(path: Path) -> Image.Image:
-    """Open and fully decode an image as RGB; a corrupt or truncated file is a BadImage."""
+    """Open and fully decode an image as RGB; a corrupt, truncated or unreadable file is a
+    BadImage."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except FileNotFoundError:
-        raise UserError(f"image {path} does not exist: the data set is incomplete") from None
+        raise UserError(
+            f"image {printable(path)} does not exist: the data set is incomplete"
+        ) from None
+    except PermissionError:
+        raise BadImage(path, "permission denied: make it readable (chmod)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise BadImage(path, f"{type(error).__name__}: {error}") from error
+        raise BadImage(path, printable(f"{type(error).__name__}: {error}")) from error
+
+
+# Modes of one 16-bit channel (PNG greyscale): Pillow's convert("RGB") clips them at 255.
+_SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB with the image's range kept: a 16-bit level v becomes v >> 8 (its high
+    byte), which is what Pillow itself does to 16-bit RGB(A) and grey+alpha PNGs, so a
+    16-bit image gets the same levels whichever colour type it was saved as, and 8-bit
+    levels stored as 16 bits (v = 257 k) come back exactly as k."""
+    if image.mode in _SIXTEEN_BIT_GREY:
+        levels = np.asarray(image, dtype=np.int64) >> 8
+        grey = Image.fromarray(levels.clip(0, 255).astype(np.uint8))  # mode L
+        return grey.convert("RGB")
+    return image.convert("RGB")
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -488,7 +510,7 @@ def evaluate(
                                 "or remove it, or pass --skip-bad-images to skip it (skipped "
                                 "images are recorded in the provenance)"
                             )
-                        own = Path(item["path"]) == folder.root / sample.path
+                        own = Path(item["path"]) == folder.root / sample.file
                         text = f"{sample.path if own else item['path']}: {item['error']}"
                         skipped[item["position"]] = text
                         advance(1)

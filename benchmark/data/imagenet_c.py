@@ -65,7 +65,7 @@ class ReleasedImageNetC:
     def cell_file(self, cell: tuple[str, int], sample: Sample) -> Path:
         """The released file of this image in this cell: same wnid and stem as the val
         file (released names end in .JPEG whatever the val copy's suffix)."""
-        relative = Path(sample.path)
+        relative = Path(sample.file)
         directory = self.layout.cells[cell] / relative.parent
         for name in (relative.name, *(relative.stem + s for s in (".JPEG", ".jpg", ".png"))):
             if (directory / name).is_file():
@@ -81,7 +81,7 @@ class ReleasedImageNetC:
         )
 
     def images(self, sample: Sample) -> dict:
-        images = {"clean": decode(self.val_root / sample.path)}
+        images = {"clean": decode(self.val_root / sample.file)}
         for cell in self.cells:
             images[cell] = decode(self.cell_file(cell, sample))
         return images

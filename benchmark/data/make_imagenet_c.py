@@ -258,7 +258,7 @@ def make_imagenet_c(
     _save(manifest, out)  # first, so that a crashed run still says how its files were made
 
     config = _Config(str(out), corruptions, severities, seed)
-    jobs = ((str(folder.root / s.path), s.path, s.key) for s in folder.samples)
+    jobs = ((str(folder.root / s.file), s.file, s.key) for s in folder.samples)
     written = skipped = 0
     start = time.perf_counter()
     with _progress(quiet, "make-imagenet-c", len(folder)) as advance:
