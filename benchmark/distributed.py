@@ -233,7 +233,8 @@ def start(device: str) -> World:
     if world.size == 1:
         world.device = device
         return world
-    signal.signal(signal.SIGINT, _interrupt_once)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _stop_once(signal.getsignal(number)))
     try:
         store, _, _ = next(
             dist.rendezvous("env://", world.rank, world.size, timeout=RENDEZVOUS_TIMEOUT)
@@ -263,8 +264,19 @@ def start(device: str) -> World:
     return world
 
 
-def _interrupt_once(signum, frame) -> None:
-    """Ctrl-C reaches every rank twice (from the terminal and from torchrun): the first
-    stops the run, the second must not break the orderly stop that follows."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+def _stop_once(previous):
+    """A handler for Ctrl-C or SIGTERM that acts on the first signal only.
+
+    Each reaches a rank twice: from the terminal, Slurm or ``docker stop`` (sent to the
+    whole process group) and from torchrun (which forwards it to every worker). The
+    first stops the run as the previous handler does (KeyboardInterrupt; the CLI's
+    SIGTERM handler raises its Terminated, a KeyboardInterrupt), the second must not
+    break the orderly stop that follows: the finished images being saved."""
+
+    def handler(signum, frame) -> None:
+        signal.signal(signum, signal.SIG_IGN)
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    return handler

@@ -3,11 +3,14 @@
 For each suite: evaluate, summarise, then write ``<out>/<model>/<suite>.samples.csv.gz``,
 ``<suite>.json`` (provenance) and ``<suite>.csv`` (the tidy table), each atomically.
 Finished images are checkpointed on the way (aabench.checkpoint) and, under torchrun,
-each rank evaluates its shard and rank 0 alone writes (aabench.distributed).
+each rank evaluates its shard and rank 0 alone writes (aabench.distributed). While a suite
+runs, rank 0 holds its lock (aabench.checkpoint.SuiteLock), so two runs never share one
+suite's checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -23,7 +26,7 @@ import torch
 import torchvision
 
 from aabench import __version__
-from aabench.checkpoint import CheckpointOptions, PartialRun, partial_directory
+from aabench.checkpoint import CheckpointOptions, PartialRun, SuiteLock, partial_directory
 from aabench.data.folder import ImageFolder
 from aabench.data.sources import source_for
 from aabench.distributed import World
@@ -177,9 +180,29 @@ def run_suite(
     """Evaluate, summarise and write one suite; None on ranks other than 0.
 
     ``out`` None: nothing is written and nothing checkpointed (the Python API); the
-    result holds the records, for :meth:`aabench.Result.save`."""
+    result holds the records, for :meth:`aabench.Result.save`. Otherwise rank 0 holds the
+    suite's lock from before its checkpoints are read until its outputs are written."""
     world = world or World()
     checkpoints = checkpoints or CheckpointOptions()
+    lock = (
+        SuiteLock(partial_directory(out, model.name, suite.name))
+        if out is not None and world.is_main
+        else contextlib.nullcontext()
+    )
+    with lock:
+        return _run_suite(model, suite, folder, options, seed, out, world, checkpoints)
+
+
+def _run_suite(
+    model: LoadedModel,
+    suite: Suite,
+    folder: ImageFolder,
+    options: EngineOptions,
+    seed: int,
+    out: Path | None,
+    world: World,
+    checkpoints: CheckpointOptions,
+) -> SuiteResult | None:
     device = resolve_device(options.device)
     source, data_source, folder = data_for(suite, folder)
     weights = model.weights
@@ -208,7 +231,7 @@ def run_suite(
         if checkpoints.resume and not partial.exists() and _finished(paths, run_id):
             plan = {"complete": True}
         else:
-            earlier = partial.prepare(checkpoints.resume, checkpoints.restart)
+            earlier = partial.prepare(checkpoints.resume, checkpoints.restart, folder.samples)
             plan = {"complete": False, "finished": [p.positions for p in earlier]}
     plan = world.broadcast(plan)
     if plan["complete"]:  # --resume after this suite was written: keep it as it is
@@ -315,11 +338,13 @@ def check_unfinished(
     out: Path,
     checkpoints: CheckpointOptions,
 ) -> None:
-    """Before any suite runs: refuse an unfinished run that would be discarded without
-    --restart, or resumed with other options, rather than finding out after the suites
-    before it have run (and rewritten their outputs) again."""
+    """Before any suite runs: refuse a suite another run is evaluating now, or an
+    unfinished run that would be discarded without --restart, or resumed with other
+    options, rather than finding out after the suites before it have run (and rewritten
+    their outputs) again."""
     for suite in suites:
         _, data_source, suite_folder = data_for(suite, folder)
         identity = run_identity(model, suite, suite_folder, options, seed, data_source)
-        partial = PartialRun(partial_directory(out, model.name, suite.name), identity)
-        partial.check(checkpoints.resume, checkpoints.restart)
+        directory = partial_directory(out, model.name, suite.name)
+        SuiteLock(directory).refuse_if_held()  # another run is on it: its state is not ours
+        PartialRun(directory, identity).check(checkpoints.resume, checkpoints.restart)
