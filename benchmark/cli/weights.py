@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -84,6 +82,7 @@ def _fetch_one(entry, target: Path, base_url: str | None, from_cache: bool) -> t
     from aabench.models.weights import (
         DownloadError,
         cache_dir,
+        copy_atomically,
         download,
         expected_hash_prefix,
         verified_sha256,
@@ -106,7 +105,10 @@ def _fetch_one(entry, target: Path, base_url: str | None, from_cache: bool) -> t
         except UserError:
             pass  # a bad cached copy: download instead
         else:
-            _copy_atomically(cached, destination)
+            try:
+                copy_atomically(cached, destination)
+            except UserError as error:
+                return False, f"{file_name}: failed: {error}"
             return True, f"{file_name}: copied from the cache, verified{replaced}: {destination}"
     source = from_mirror(entry.source, base_url)
     try:
@@ -120,19 +122,6 @@ def _fetch_one(entry, target: Path, base_url: str | None, from_cache: bool) -> t
         return False, f"{file_name}: failed: {error}"
     size = destination.stat().st_size / 1e6
     return True, f"{file_name}: fetched, verified ({size:.1f} MB){replaced}: {destination}"
-
-
-def _copy_atomically(source: Path, destination: Path) -> None:
-    from aabench.models.weights import temporary_beside
-
-    handle, temporary = temporary_beside(destination)
-    os.close(handle)
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
 
 
 @_command("list")

@@ -38,6 +38,7 @@ from aabench.models.weights import (
     RANDOM_WEIGHTS,
     WeightsRecord,
     checkpoint_filter_size,
+    checkpoint_format,
     load_strict,
     read_state_dict,
     resolve_source,
@@ -211,6 +212,7 @@ def create_model(
             licence=spec.weights.licence,
             url=source.url,
             weights_url=base_url,
+            format=checkpoint_format(path),
         )
     elif weights != "none":
         path, record = _user_weights(weights)
@@ -218,7 +220,7 @@ def create_model(
         spec=spec,
         preprocessing=spec.preprocessing,
         weights=record,
-        builder=partial(_load, spec, path, init_seed),
+        builder=partial(_load, spec, path, record.sha256, init_seed),
         overrides=overrides,
         name=display_name,
     )
@@ -239,11 +241,16 @@ def check_display_name(name: str) -> None:
         )
 
 
-def _user_weights(weights: str) -> tuple[Path, WeightsRecord]:
-    path, digest = resolve_user_weights(weights, known_file_names())
+def _user_weights(weights: str, known: frozenset[str] | None = None) -> tuple[Path, WeightsRecord]:
+    path, digest = resolve_user_weights(weights, known_file_names() if known is None else known)
     url = weights if "://" in weights else None
     return path, WeightsRecord(
-        name="user checkpoint", file=str(path), sha256=digest, licence="unknown", url=url
+        name="user checkpoint",
+        file=str(path),
+        sha256=digest,
+        licence="unknown",
+        url=url,
+        format=checkpoint_format(path),
     )
 
 
@@ -261,21 +268,29 @@ def _create_python(
     path, record = (None, RANDOM_WEIGHTS) if weights in (None, "none") else _user_weights(weights)
     loaded = LoadedModel(spec=spec, weights=record, overrides=overrides, name=display_name,
                          builder=lambda: None)  # fmt: skip
-    loaded._builder = partial(_build_python, loaded, path, weights is None, init_seed, raw_args)
+    loaded._builder = partial(
+        _build_python, loaded, path, weights is None, init_seed, raw_args, record.sha256
+    )
     if build:
         loaded.build()
     return loaded
 
 
 def _build_python(
-    loaded: LoadedModel, path: Path | None, own: bool, init_seed: int, raw_args: dict
+    loaded: LoadedModel,
+    path: Path | None,
+    own: bool,
+    init_seed: int,
+    raw_args: dict,
+    expected_sha256: str | None = None,
 ) -> nn.Module:
     from aabench.models.weights import own_weights
 
     target = loaded.spec.factory
     module, preprocessing, record = custom.build_from_factory(target, raw_args, init_seed)
     if path is not None:
-        load_strict(module, read_state_dict(path), f"factory {record['factory_name']}")
+        state = read_state_dict(path, expected_sha256)
+        load_strict(module, state, f"factory {record['factory_name']}")
     module.eval()
     if preprocessing is not None:
         loaded.base_preprocessing = preprocessing
@@ -288,10 +303,10 @@ def _build_python(
     return module
 
 
-def _load(spec: ModelSpec, path: Path | None, init_seed: int) -> nn.Module:
+def _load(spec: ModelSpec, path: Path | None, sha256: str | None, init_seed: int) -> nn.Module:
     import torch
 
-    state = read_state_dict(path) if path is not None else None
+    state = read_state_dict(path, sha256) if path is not None else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         module = _build(spec, state)
@@ -364,11 +379,8 @@ def _build_timm(spec: ModelSpec, weights: str | None) -> LoadedModel:
     elif weights == "none":
         record = RANDOM_WEIGHTS
     else:
-        path, digest = resolve_user_weights(weights, frozenset())
-        load_strict(module, read_state_dict(path), spec.name)
-        record = WeightsRecord(
-            name="user checkpoint", file=str(path), sha256=digest, licence="unknown"
-        )
+        path, record = _user_weights(weights, frozenset())
+        load_strict(module, read_state_dict(path, record.sha256), spec.name)
     config = timm.data.resolve_model_data_config(module)
     crop = int(config["input_size"][-1])
     preprocessing = Preprocessing(

@@ -18,7 +18,8 @@ from aabench.runner import weights_provenance
 from tests.benchmark.models.conftest import FakeNetwork
 
 STEM = "resnet18_lpf4_finetune"
-PAYLOAD = b"released weights, for the test"
+# Starts like a zip archive, as torch.save files do: a download must look like a checkpoint.
+PAYLOAD = b"PK\x03\x04released weights, for the test"
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 FILE = f"{STEM}-{DIGEST[:8]}.pth"
 URL = released.BASE_URL + FILE
