@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from aabench.errors import UserError
-from aabench.models.blurpool import BlurPool, binomial_filter
+from aabench.models.blurpool import FASTEST, FORMS, BlurPool, binomial_filter, use_form
 
 # Rows of Pascal's triangle, written out by hand (the paper's Rect-2, Tri-3, Tri-4, Bin-5).
 ROWS = {
@@ -90,3 +90,64 @@ def test_bad_arguments():
         BlurPool(4, filter_size=8)
     with pytest.raises(UserError, match="padding"):
         BlurPool(4, pad_type="circular")
+
+
+# The forms: each computes the reference's blur + subsample to float rounding.
+
+FAST_FORMS = [form for form in FORMS if form != "reference"]
+
+
+@pytest.mark.parametrize("form", FAST_FORMS)
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("pad_type", ["reflect", "replicate", "zero"])
+def test_every_form_computes_the_reference_output(form, k, pad_type):
+    x = torch.randn(2, 3, 13, 16, generator=torch.Generator().manual_seed(k))
+    pool = BlurPool(3, filter_size=k, pad_type=pad_type)
+    reference = pool(x)
+    assert use_form(pool, form) == {form: 1}
+    fast = pool(x)
+    assert fast.shape == reference.shape
+    assert (fast - reference).abs().max().item() <= 1e-6 * reference.abs().max().item()
+    # channels-last input gives the same numbers
+    assert torch.allclose(pool(x.contiguous(memory_format=torch.channels_last)), fast, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", FAST_FORMS)
+@pytest.mark.parametrize("stride", [1, 3])
+def test_forms_agree_for_other_strides(form, stride):
+    x = torch.randn(1, 2, 11, 10, generator=torch.Generator().manual_seed(stride))
+    pool = BlurPool(2, filter_size=4, stride=stride)
+    reference = pool(x)
+    use_form(pool, form)
+    assert torch.allclose(pool(x), reference, atol=1e-6)
+
+
+def test_a_filter_that_is_not_binomial_keeps_the_reference_form_under_auto():
+    """A checkpoint may carry any ``filt``: a named form refuses one it cannot compute,
+    auto falls back to the reference for that module alone."""
+    model = torch.nn.Sequential(BlurPool(2, filter_size=3), BlurPool(2, filter_size=3))
+    with torch.no_grad():
+        model[1].filt[:, :, 0, 0] += 0.5  # neither binomial nor separable any more
+    fastest = dict(FASTEST)
+    try:
+        FASTEST[("cpu", False)] = "cascade"
+        assert use_form(model, "auto", "cpu", channels_last=False) == {
+            "cascade": 1,
+            "reference": 1,
+        }
+    finally:
+        FASTEST.clear()
+        FASTEST.update(fastest)
+    for form in FAST_FORMS:
+        with pytest.raises(UserError, match=rf"--blurpool {form} cannot compute the filter of 1"):
+            use_form(model, form)
+    with pytest.raises(UserError, match="unknown --blurpool 'fast'"):
+        use_form(model, "fast")
+
+
+def test_separable_needs_only_a_rank_one_filter():
+    pool = BlurPool(1, filter_size=3)
+    with torch.no_grad():
+        row = torch.tensor([0.2, 0.5, 0.3])
+        pool.filt.copy_(torch.outer(row, row)[None, None])
+    assert pool.supports("separable") and not pool.supports("cascade")

@@ -1,0 +1,125 @@
+"""Forward-only throughput of anti-aliased models with each BlurPool form, beside their
+baselines and the FLOP ratio F = FLOPs(baseline) / FLOPs(aa) that bounds aa / baseline.
+
+    python tools/blurpool_forms.py --device cpu --batch-size 16 --seconds 4
+    python tools/blurpool_forms.py --device cuda --amp bf16 --batch-size 256 --json out.json
+
+Rounds are interleaved (every variant once per round, the order rotating), so a change
+of clock or load affects all variants alike; the median of the rounds is reported. The
+fastest form per (device, channels-last) belongs in aabench.models.blurpool.FASTEST.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from aabench.models.blurpool import FORMS, use_form
+from aabench.models.zoo import create_model
+
+AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def flops(module: torch.nn.Module, size: int) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        module(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops()
+
+
+def module_for(name: str, device: str, channels_last: bool, form: str | None):
+    module = create_model(name, weights="none").module.eval()
+    if form is not None:
+        use_form(module, form)
+    module = module.to(device)
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+def rate(module, x, amp, seconds: float) -> float:
+    """Views per second of ``module`` on the resident batch ``x`` for ``seconds``."""
+
+    def sync():
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    with (
+        torch.inference_mode(),
+        torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None),
+    ):
+        module(x)
+        sync()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or count < 2:
+            module(x)
+            count += 1
+        sync()
+    return count * x.shape[0] / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archs", default="resnet18,resnet50")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", default="off", choices=sorted(AMP))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per variant per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--layouts", default="nchw,channels-last")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    figures = []
+    for arch in args.archs.split(","):
+        f_ratio = flops(module_for(arch, "cpu", False, None), 224) / flops(
+            module_for(f"{arch}_aa", "cpu", False, None), 224
+        )
+        for layout in args.layouts.split(","):
+            channels_last = layout == "channels-last"
+            x = torch.randn(args.batch_size, 3, 224, 224, device=args.device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            variants = {"baseline": module_for(arch, args.device, channels_last, None)}
+            for form in FORMS:
+                variants[form] = module_for(f"{arch}_aa", args.device, channels_last, form)
+            rates: dict[str, list[float]] = {name: [] for name in variants}
+            names = list(variants)
+            for round_ in range(args.rounds):
+                order = names[round_ % len(names) :] + names[: round_ % len(names)]
+                for name in order:
+                    rates[name].append(rate(variants[name], x, AMP[args.amp], args.seconds))
+            medians = {name: statistics.median(values) for name, values in rates.items()}
+            row = {
+                "arch": arch,
+                "device": args.device,
+                "layout": layout,
+                "amp": args.amp,
+                "batch_size": args.batch_size,
+                "flop_ratio": round(f_ratio, 4),
+                "views_per_s": {name: round(v, 2) for name, v in medians.items()},
+            }
+            figures.append(row)
+            base = medians["baseline"]
+            forms = "  ".join(
+                f"{form} {medians[form]:.1f} ({medians[form] / base:.3f})" for form in FORMS
+            )
+            print(
+                f"{arch:10s} {layout:13s} F={f_ratio:.3f}  baseline {base:.1f} views/s  "
+                f"aa: {forms}",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(figures, out, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
