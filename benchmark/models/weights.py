@@ -37,6 +37,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -308,7 +309,7 @@ def download(
         destination,
         hash_prefix,
         ways_out=lambda error: _ways_out(destination, mirror, wanted_by, error),
-        announcement=f"downloading {url} -> {destination}{note}" if announce else None,
+        announcement=f"{url} -> {destination}{note}" if announce else None,
     ) as (temporary, digest, _):
         _move_into_place(temporary, destination)
     return digest
@@ -324,7 +325,11 @@ def _fetched(
 ) -> Iterator[tuple[Path, str, str]]:
     """Stream ``url`` into a temporary file next to ``beside``, hashing it, and check it:
     yields (the temporary file, its SHA-256, its format). The temporary file is gone
-    afterwards unless the caller moved it into place."""
+    afterwards unless the caller moved it into place.
+
+    ``announcement`` ("URL -> where"): said on a terminal while it downloads; in a log,
+    once it has succeeded, so that a failed download is the error's one line there.
+    """
     handle, temporary = temporary_beside(beside)
     try:
         digest, head, size = hashlib.sha256(), b"", 0
@@ -332,8 +337,8 @@ def _fetched(
             with _connected(url, ways_out) as response:
                 _refuse_web_page_type(url, response)
                 # Only once connected: offline, the error must be the one line printed.
-                if announcement:
-                    print(announcement, file=sys.stderr)
+                if announcement and _on_terminal():
+                    print(f"downloading {announcement}", file=sys.stderr)
                 for chunk in _chunks(response, url, ways_out):
                     head += chunk[: max(0, _HEAD - len(head))]
                     digest.update(chunk)
@@ -344,9 +349,15 @@ def _fetched(
             os.close(handle)
         found_format = _check_download(url, head, size, digest.hexdigest(), hash_prefix)
         yield Path(temporary), digest.hexdigest(), found_format
+        if announcement and not _on_terminal():
+            print(f"downloaded {announcement}", file=sys.stderr)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def _on_terminal() -> bool:
+    return sys.stderr.isatty()
 
 
 @contextlib.contextmanager
@@ -555,7 +566,7 @@ def _download_into_store(url: str, name: str | None) -> tuple[Path, str]:
         content / "download",
         None,
         ways_out=lambda error: "download it yourself and pass --weights PATH",
-        announcement=f"downloading {url} -> {content}",
+        announcement=f"{url} -> {content}",
     ) as (temporary, digest, found_format):
         default = "checkpoint.safetensors" if found_format == SAFETENSORS else "checkpoint.pth"
         destination = content / digest / (name or default)
@@ -654,17 +665,23 @@ def _checkpoint_bytes(path: Path, expected_sha256: str | None) -> bytes:
 def _load_torch(data: bytes, path: Path) -> object:
     import torch
 
+    if format_of(data[:_HEAD]) == TORCH_ZIP and not zipfile.is_zipfile(io.BytesIO(data)):
+        # torch reads an archive without its end as "negative seek value": say what it is.
+        raise _unreadable(path, "zip archive without its end (central directory)", data)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Said on stderr before it fails: the one line explains that failure instead.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        objects = objects_needing_code(data)
-        if objects is not None:
-            raise _holds_code(path, objects) from error
-        raise _unreadable(path, error, data) from error
+        intact = intact_pickle(data)
+        if intact is not None:
+            raise _refused(path, error, *intact) from error
+        raise _unreadable(path, _reason(error), data) from error
     except Exception as error:
         # A corrupt or truncated file fails deep inside the unpickler with whatever
         # exception its bytes happen to trigger (KeyError, IndexError, EOFError, ...).
-        raise _unreadable(path, error, data) from error
+        raise _unreadable(path, _reason(error), data) from error
 
 
 def _load_safetensors(data: bytes, path: Path) -> dict:
@@ -680,10 +697,10 @@ def _load_safetensors(data: bytes, path: Path) -> dict:
         ) from error
 
 
-def objects_needing_code(data: bytes) -> list[str] | None:
-    """The classes and functions a torch.save file's pickle names beyond torch's
-    allowlist (possibly none: objects built by opcodes alone), when the pickle itself is
-    intact; None when it is not (a corrupt or truncated file, not a refused one)."""
+def intact_pickle(data: bytes) -> tuple[list[str], int] | None:
+    """For a torch.save file whose pickle parses to its end: the classes and functions it
+    names beyond torch's allowlist (those need code to load) and its pickle protocol.
+    None when the pickle does not parse: a corrupt or truncated file, not a refused one."""
     from torch._weights_only_unpickler import _get_allowed_globals
 
     opcodes = _main_pickle_opcodes(data)
@@ -691,7 +708,8 @@ def objects_needing_code(data: bytes) -> list[str] | None:
         return None
     allowed = _get_allowed_globals()
     named = [name for name in _globals_named(opcodes) if name not in allowed]
-    return list(dict.fromkeys(named))
+    protocol = next((arg for opcode, arg, _ in opcodes if opcode.name == "PROTO"), 0)
+    return list(dict.fromkeys(named)), protocol
 
 
 def _main_pickle_opcodes(data: bytes) -> list | None:
@@ -723,7 +741,7 @@ def _globals_named(opcodes: list) -> Iterator[str]:
     for opcode, arg, _ in opcodes:
         name = opcode.name
         if name == "GLOBAL":
-            yield arg.replace(" ", ".")
+            yield _python3_name(*arg.split(" ", 1))
         elif name == "STACK_GLOBAL" and len(pushed) >= 2:
             module, attribute = pushed[-2:]
             if isinstance(module, str) and isinstance(attribute, str):
@@ -741,37 +759,63 @@ def _globals_named(opcodes: list) -> Iterator[str]:
         del pushed[:-2]
 
 
-def _holds_code(path: Path, objects: list[str]) -> UserError:
-    what = f"Python objects ({_shown(objects)})" if objects else "Python objects"
+def _python3_name(module: str, name: str) -> str:
+    """A protocol-2 pickle's Python 2 name (``__builtin__ set``) as Python 3 finds it."""
+    from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+
+    if (module, name) in NAME_MAPPING:
+        module, name = NAME_MAPPING[(module, name)]
+    else:
+        module = IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
+
+
+def _refused(path: Path, error: Exception, objects: list[str], protocol: int) -> UserError:
+    """An intact torch.save file that the weights-only loader refuses, and why."""
+    if objects:
+        return UserError(
+            f"{printable(path)} holds Python objects ({_shown(objects)}), not only tensors: it "
+            "needs arbitrary unpickling to load, which can run code, so it was refused on "
+            "purpose (the file is not corrupt); in an environment you trust, load it and save "
+            "a plain state dict with torch.save(model.state_dict(), path), or as safetensors, "
+            "and pass that file"
+        )
     return UserError(
-        f"{printable(path)} holds {what}, not only tensors: it needs arbitrary unpickling to "
-        "load, which can run code, so it was refused on purpose (the file is not corrupt); "
-        "in an environment you trust, load it and save a plain state dict with "
-        "torch.save(model.state_dict(), path), or as safetensors, and pass that file"
+        f"{printable(path)} is an intact torch.save file written with pickle protocol "
+        f"{protocol}, which the safe loader cannot read ({printable(_torch_reason(error))}); "
+        "aabench never uses arbitrary unpickling, which can run code, so it was refused on "
+        "purpose: in an environment you trust, save it again with torch.save's default "
+        "protocol (torch.save(model.state_dict(), path)) or as safetensors"
     )
 
 
-def _unreadable(path: Path, error: Exception, data: bytes) -> UserError:
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {_torch_reason(error)}"
+
+
+def _unreadable(path: Path, reason: str, data: bytes) -> UserError:
     if looks_like_markup(data[:_HEAD]):
         return UserError(
             f"{printable(path)} is a web page (HTML), not a checkpoint: download the file "
             "itself (a direct download link), not the page about it"
         )
     return UserError(
-        f"{printable(path)} is not a readable PyTorch checkpoint ({type(error).__name__}: "
-        f"{printable(_torch_reason(error))}): the file is corrupt or truncated, or was not "
-        "written by torch.save or safetensors; fetch or save it again"
+        f"{printable(path)} is not a readable PyTorch checkpoint ({printable(reason)}): the "
+        "file is corrupt or truncated, or was not written by torch.save or safetensors; "
+        "fetch or save it again"
     )
 
 
 def _torch_reason(error: BaseException) -> str:
-    """The unpickler's own reason, without torch's advice around it (to load the file
-    unsafely, which aabench never does)."""
+    """The loader's own reason, its first sentence, without torch's advice around it (to
+    load the file unsafely, or to allowlist its classes, which aabench never does)."""
     text = str(error)
     marker = "WeightsUnpickler error:"
     if marker in text:
-        return text.split(marker, 1)[1].strip().splitlines()[0]
-    return first_line(error)
+        text = text.split(marker, 1)[1]
+    lines = text.strip().splitlines()
+    sentence = lines[0].split(". ", 1)[0].rstrip(".") if lines else ""
+    return sentence or "no reason given"
 
 
 def first_line(error: BaseException) -> str:
