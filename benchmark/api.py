@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from aabench import checks
 from aabench.errors import UserError
 from aabench.models import custom
 from aabench.models.catalogue import ModelSpec
@@ -114,6 +115,7 @@ def evaluate(
     from aabench.engine import EngineOptions
     from aabench.runner import run_suite
 
+    seed = checks.seed(seed, "seed")
     suite_object = build_suite(suite, suite_params)
     overrides, base = _preprocessing_arguments(preprocessing)
     world = _world()
@@ -148,11 +150,25 @@ def evaluate(
         quiet=quiet or not world.is_main,
         skip_bad_images=skip_bad_images,
     )
+    check_fit(loaded, suite_object, evaluated)
     with kept_modes(evaluated):
         result = run_suite(loaded, suite_object, folder, options, seed=seed, out=None, world=world)
     if result is None:
         return None
     return Result(table=result.table, provenance=result.provenance, samples=result.records)
+
+
+# How the view-size check names what set a suite's views (Suite.view_size_source).
+_SIZE_SETTINGS = {None: "preprocessing crop_size={}", "crop_size": "crop_size={}"}
+
+
+def check_fit(loaded: LoadedModel, suite: Suite, module: nn.Module) -> None:
+    """The suite's parameters fit the model's crop, and the model takes its views, as
+    `run` checks them: one UserError before any image is read."""
+    from aabench.models.preprocessing import check_views_fit
+
+    suite.check_geometry(loaded.preprocessing)
+    check_views_fit([suite], loaded.preprocessing, module, loaded.name, _SIZE_SETTINGS.get)
 
 
 def build_suite(name: str, params: dict) -> Suite:
@@ -354,11 +370,13 @@ class ShiftConsistency:
             raise UserError(f"every must be at least 1 (epochs between checks), got {every}")
         if batch_size < 1:
             raise UserError(f"batch_size must be at least 1, got {batch_size}")
+        seed = checks.seed(seed, "seed")
         self.data, self.limit, self.every, self.seed = data, limit, every, seed
         self.batch_size = batch_size
         self.suite = ShiftSuite(max_shift=max_shift, epochs=1, mode=mode)
         overrides, base = _preprocessing_arguments(preprocessing)
         self.preprocessing = custom.apply_overrides(base, overrides)
+        self.suite.check_geometry(self.preprocessing)
         self.views: torch.Tensor | None = None  # N*2 x 3 x H x W uint8, pairs adjacent
         self.labels: torch.Tensor | None = None  # one per view
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aabench.errors import UserError
 from aabench.lazy import lazy_module
+from aabench.models.preprocessing import MAX_SIDE
 from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
 pd = lazy_module("pandas")  # imported on first use (see aabench.lazy)
@@ -30,8 +31,16 @@ class AccuracySuite(Suite):
     def __post_init__(self):
         for field in ("resize_size", "crop_size"):
             value = getattr(self, field)
-            if value is not None and value < 1:
-                raise UserError(f"accuracy {field} must be at least 1 (or none), got {value}")
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise UserError(f"accuracy {field} must be at least 1 (or none), got {value!r}")
+            if value is not None:
+                self.whole_parameter(field, maximum=MAX_SIDE)
+
+    def view_size(self, preprocessing) -> int:
+        return preprocessing.crop_size if self.crop_size is None else self.crop_size
+
+    def view_size_source(self) -> str | None:
+        return None if self.crop_size is None else "crop_size"
 
     def prepare(self, image, preprocessing):
         resize = preprocessing.resize_size if self.resize_size is None else self.resize_size

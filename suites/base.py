@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from aabench.data.folder import Sample
+from aabench.errors import UserError
 from aabench.lazy import lazy_module
 from aabench.models.preprocessing import Preprocessing
 
@@ -26,6 +28,13 @@ TF = lazy_module("torchvision.transforms.functional")
 
 # Record columns of the five top-ranked classes, best first, for suites with ``ranks``.
 RANK_COLUMNS = tuple(f"rank_{i}" for i in range(1, 6))
+
+# Sanity bounds of what a suite's parameters may ask per image (check_geometry): the
+# published protocols stay far below (worst-shift's 962 views, 33 diagonal crops).
+MAX_VIEWS_PER_IMAGE = 100_000
+# Views cut on the CPU are held in one piece per image, by a worker and in the loader's
+# queue; past this they take the machine's memory, and measure nothing more.
+MAX_VIEW_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,81 @@ class Suite(abc.ABC):
     locations: ClassVar[tuple[str, ...]] = ()
     # Whether per-view records carry the five top-ranked classes (rank_1..rank_5).
     ranks: ClassVar[bool] = False
+
+    # Bytes per pixel value of the views ``views`` returns (uint8; float32 suites: 4).
+    view_itemsize: ClassVar[int] = 1
+    # Whether the views are made on the device from one uploaded image (Views.on_device):
+    # then only their count, not their pixels, is held per image.
+    views_on_device: ClassVar[bool] = False
+
+    def view_size(self, preprocessing: Preprocessing) -> int:
+        """The side of the square views the model sees."""
+        return preprocessing.crop_size
+
+    def view_size_source(self) -> str | None:
+        """The suite's parameter that sets ``view_size`` (for messages); None: none (the
+        model's crop sets it)."""
+        return None
+
+    def check_geometry(self, preprocessing: Preprocessing) -> None:
+        """Refuse, before any image is read, parameters that do not fit the model's
+        geometry (a shift larger than its crop) or that would ask an absurd amount of
+        work or memory per image. Subclasses check their own sizes, then call this."""
+        views = self.views_per_image()
+        if views > MAX_VIEWS_PER_IMAGE:
+            raise UserError(
+                f"{self.name}: these parameters make {views} views per image, more than the "
+                f"{MAX_VIEWS_PER_IMAGE} allowed: use smaller counts or shifts"
+            )
+        if self.views_on_device:
+            return
+        side = self.view_size(preprocessing)
+        size = views * 3 * side * side * self.view_itemsize
+        if size > MAX_VIEW_BYTES:
+            raise UserError(
+                f"{self.name}: these parameters make {views} views of {side} x {side} px per "
+                f"image ({size / 1024**3:.1f} GiB), more than the "
+                f"{MAX_VIEW_BYTES // 1024**3} GiB an image's views may take: use smaller "
+                "counts or shifts"
+            )
+
+    def whole_parameter(
+        self, field: str, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        """The integer field ``field`` in ``[minimum, maximum]``, or one line saying so."""
+        value = getattr(self, field)
+        label = f"{self.name} {field}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{label} must be a whole number, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise UserError(f"{label} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise UserError(f"{label} must be at most {maximum}, got {value}")
+        return value
+
+    def finite_parameter(self, field: str) -> float:
+        """The float field ``field`` as a finite float (NaN passes every comparison a
+        later bound makes, and inf turns sizes into zero)."""
+        value = getattr(self, field)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{self.name} {field} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise UserError(f"{self.name} {field} must be a finite number, got {value!r}")
+        setattr(self, field, number)
+        return number
+
+    def check_within_crop(self, field: str, preprocessing: Preprocessing) -> None:
+        """A shift or offset ``field`` no larger than the model's crop: larger rolls
+        repeat smaller ones, and larger crops cut views from mostly padding."""
+        crop = preprocessing.crop_size
+        value = getattr(self, field)
+        if value > crop:
+            raise UserError(
+                f"{self.name} {field}={value} is larger than the model's crop ({crop} px): "
+                f"shifts must fit in the crop; give at most {crop}"
+            )
 
     def views_from(
         self, images: dict, sample: Sample, position: int, seed: int, preprocessing

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aabench.errors import UserError
 from aabench.lazy import lazy_module
 from aabench.suites.base import Metric, Suite, Views, resize_and_center_crop, term_frame
 
@@ -40,8 +39,11 @@ class DiagonalSuite(Suite):
     max_offset: int = 32
 
     def __post_init__(self):
-        if self.max_offset < 1:
-            raise UserError(f"diagonal max_offset must be at least 1, got {self.max_offset}")
+        self.whole_parameter("max_offset", minimum=1)
+
+    def check_geometry(self, preprocessing) -> None:
+        self.check_within_crop("max_offset", preprocessing)
+        super().check_geometry(preprocessing)
 
     def prepare(self, image, preprocessing):
         base = preprocessing.crop_size + self.max_offset

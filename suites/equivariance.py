@@ -77,12 +77,15 @@ class EquivarianceSuite(Suite):
     heatmap: str = "2"
 
     def __post_init__(self):
-        if self.max_shift < 1:
-            raise UserError(f"equivariance max_shift must be at least 1, got {self.max_shift}")
+        self.whole_parameter("max_shift", minimum=1)
         if not self.requested_layers() and self.layers.strip() != "auto":
             raise UserError("equivariance layers: give auto or module names, e.g. conv1,maxpool")
         if not self.heatmap.strip():
             raise UserError("equivariance heatmap: give a depth, a layer name, all or none")
+
+    def check_geometry(self, preprocessing) -> None:
+        self.check_within_crop("max_shift", preprocessing)
+        super().check_geometry(preprocessing)
 
     def requested_layers(self) -> list[str] | None:
         if self.layers.strip() == "auto":

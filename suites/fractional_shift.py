@@ -103,6 +103,7 @@ class FractionalShiftSuite(Suite):
         "(grid_sample, align_corners=True, black fill, as Engstrom et al.)."
     )
     headline = ("consistency", "mac", "accuracy")
+    view_itemsize = 4  # float32 pixel values: rounding a sub-pixel shift would change it
     metrics = {  # noqa: RUF012 - class-level protocol facts
         "consistency": Metric(
             "%", True, "shifted views with the unshifted view's top-1", outcome=True
@@ -131,13 +132,14 @@ class FractionalShiftSuite(Suite):
                 f"got {self.operator!r}"
             )
         for field in ("max_shift", "draws"):
-            if getattr(self, field) < 1:
-                raise UserError(
-                    f"fractional-shift {field} must be at least 1, got {getattr(self, field)}"
-                )
-        self.fraction = float(self.fraction)
+            self.whole_parameter(field, minimum=1)
+        self.finite_parameter("fraction")
         if not 0.0 <= self.fraction < 1.0:
             raise UserError(f"fractional-shift fraction must be in [0, 1), got {self.fraction}")
+
+    def check_geometry(self, preprocessing) -> None:
+        self.check_within_crop("max_shift", preprocessing)
+        super().check_geometry(preprocessing)
 
     def prepare(self, image, preprocessing):
         return resize_and_center_crop(

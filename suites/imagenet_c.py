@@ -94,6 +94,9 @@ class ImageNetCSuite(Suite):
     def views_per_image(self) -> int:
         return 1 + len(self.cells())
 
+    def view_size(self, preprocessing) -> int:
+        return C.CROP  # the released pipeline's, whatever the model's crop
+
     # Views: the clean centre crop first, then one view per cell.
     def prepare(self, image, preprocessing):
         # Resize(256) -> CenterCrop(224) whatever the model's own sizes: the pipeline that

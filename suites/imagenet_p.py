@@ -146,6 +146,9 @@ class ImageNetPSuite(Suite):
     def frames_per_image(self) -> list[int]:
         return [P.frame_count(p) for p in self.perturbation_list]
 
+    def view_size(self, preprocessing) -> int:
+        return 224  # the released frames' (and the generated ones'), whatever the model's
+
     def views_per_image(self) -> int:
         return sum(self.frames_per_image())
 

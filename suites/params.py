@@ -14,12 +14,19 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, str]:
+    """``key=value`` items as a dict; a key given twice is refused, not silently won by
+    the last (a long command line may set it far from where it is set again)."""
     parsed = {}
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r} is not key=value: write e.g. --set epochs=1")
-        parsed[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if key in parsed:
+            raise UserError(
+                f"--set {key} is given twice ({parsed[key]!r} and {value!r}): give each key once"
+            )
+        parsed[key] = value
     return parsed
 
 

@@ -70,11 +70,17 @@ class PixelShiftSuite(Suite):
             raise UserError(
                 f"pixel-shift mode must be one of {', '.join(PROTOCOLS)}, got {self.mode!r}"
             )
+        self.whole_parameter("pairs")
         if not 1 <= self.pairs <= CROP_MARGIN:
             raise UserError(f"pixel-shift pairs must be in 1..{CROP_MARGIN}, got {self.pairs}")
-        self.scale = float(self.scale)
+        self.finite_parameter("scale")
         if self.scale <= 1.0:
             raise UserError(f"pixel-shift scale must be above 1, got {self.scale}")
+
+    def check_geometry(self, preprocessing) -> None:
+        if self.mode == "embed":
+            self.embed_offsets(preprocessing.crop_size)  # the shifts fit the canvas
+        super().check_geometry(preprocessing)
 
     def embed_size(self, canvas: int) -> int:
         return int(canvas / self.scale)

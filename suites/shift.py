@@ -119,8 +119,15 @@ class ShiftSuite(Suite):
         if self.mode not in MODES:
             raise UserError(f"shift mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         for field in ("max_shift", "epochs", "reference_batch"):
-            if getattr(self, field) < 1:
-                raise UserError(f"shift {field} must be at least 1, got {getattr(self, field)}")
+            self.whole_parameter(field, minimum=1)
+
+    def check_geometry(self, preprocessing) -> None:
+        self.check_within_crop("max_shift", preprocessing)
+        super().check_geometry(preprocessing)
+
+    def view_size(self, preprocessing) -> int:
+        rolls_base = self.mode == "circular" and self.roll_of == "base"
+        return preprocessing.crop_size + (self.max_shift if rolls_base else 0)
 
     def protocol(self) -> dict:
         """A preset is its resolved parameters: the preset's name is left out, so a run

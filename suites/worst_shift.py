@@ -63,6 +63,7 @@ class WorstShiftSuite(Suite):
         "clean_accuracy": Metric("%", True, "top-1 accuracy on the unshifted view", outcome=True),
     }
     dimensions = ("radius",)
+    views_on_device = True
 
     grid: str = "integer"
     max_shift: int = 32  # integer / half: i, j in {1 .. max_shift-1}
@@ -78,8 +79,17 @@ class WorstShiftSuite(Suite):
                 f"worst-shift grid must be one of {', '.join(GRIDS)}, got {self.grid!r}"
             )
         for field in ("max_shift", "m", "angles", "translations"):
-            if getattr(self, field) < (2 if field == "max_shift" else 1):
-                raise UserError(f"worst-shift {field} is too small: {getattr(self, field)}")
+            self.whole_parameter(field, minimum=2 if field == "max_shift" else 1)
+        for field, bound in (("max_angle", 180.0), ("max_translation", 1.0)):
+            if not 0.0 <= self.finite_parameter(field) <= bound:
+                raise UserError(
+                    f"worst-shift {field} must be in 0 .. {bound:g}, got {getattr(self, field)}"
+                )
+
+    def check_geometry(self, preprocessing) -> None:
+        for field in ("max_shift", "m"):
+            self.check_within_crop(field, preprocessing)
+        super().check_geometry(preprocessing)
 
     # -- the grid ---------------------------------------------------------------------
 

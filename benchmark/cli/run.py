@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import typer
 
+from aabench import checks
+from aabench.checks import printable
 from aabench.cli.app import (
     AMP,
     BATCH_SIZE,
@@ -35,6 +38,9 @@ from aabench.cli.model import settle_model
 from aabench.cli.summary import headline as _headline
 from aabench.cli.summary import print_summary as _print_summary
 from aabench.errors import UserError
+
+# How the view-size checks name what set a suite's views (Suite.view_size_source).
+_SIZE_FLAGS = {None: "--crop {}", "crop_size": "--set crop_size={}"}
 
 
 @command()
@@ -100,9 +106,8 @@ def run(
     # First the arguments and the weights, without torch (seconds to import): a wrong
     # name, suite or --set, or weights that cannot be had, is one line before anything
     # else happens. Under torchrun every rank fails the same way.
-    names = [name.strip() for name in suite.split(",") if name.strip()]
-    if not names:
-        raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
+    seed = checks.seed(seed)
+    names = suite_names(suite)
     for flag, given, assignment, takers in (
         ("--imagenet-c", imagenet_c, f"imagenet_c={imagenet_c}", ("imagenet-c",)),
         ("--imagenet-p", imagenet_p, f"imagenet_p={imagenet_p}", ("imagenet-p",)),
@@ -119,11 +124,13 @@ def run(
         model, weights, weights_dir, weights_url, seed, factory_args, name,
         resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std,
     )  # fmt: skip
+    check_apart(out, data, loaded.name)
 
     from aabench import distributed
     from aabench.checkpoint import CheckpointOptions
     from aabench.data.folder import open_image_folder
     from aabench.engine import EngineOptions
+    from aabench.models.preprocessing import check_views_fit
     from aabench.results.files import check_writable
     from aabench.runner import check_unfinished, random_weights_warning, run_suite
 
@@ -142,6 +149,13 @@ def run(
     )
     folder = open_image_folder(data, limit=limit)
     loaded.build()
+    # Before any image is read: parameters that do not fit the model's crop, or views
+    # its downsampling cannot take, are one line, not a traceback from the first batch.
+    for suite_object in suite_objects:
+        suite_object.check_geometry(loaded.preprocessing)
+    check_views_fit(
+        suite_objects, loaded.preprocessing, loaded.module, loaded.name, _SIZE_FLAGS.get
+    )
     if world.is_main:
         # Before hours of work, not after: the outputs must have somewhere to go.
         check_writable(out / loaded.name)
@@ -157,7 +171,8 @@ def run(
         summaries.append(result)
         if result.provenance["data"]["skipped_images"]:
             skipped = result.provenance["data"]["skipped_images"]
-            print(f"aabench: skipped {len(skipped)} bad image(s): {skipped[:3]}", file=sys.stderr)
+            shown = printable(skipped[:3])
+            print(f"aabench: skipped {len(skipped)} bad image(s): {shown}", file=sys.stderr)
     world.close()
     if not world.is_main:
         return
@@ -167,9 +182,43 @@ def run(
         warnings = [random_weights_warning(loaded.weights)]
         warnings += [w for result in summaries for w in result.provenance.get("warnings") or []]
         for warning in dict.fromkeys(w for w in warnings if w):
-            print(f"aabench: warning: {warning}", file=sys.stderr)
+            print(f"aabench: warning: {printable(warning)}", file=sys.stderr)
         rows = [row for result in summaries for row in _headline(result.table)]
         typer.echo(json.dumps(rows, indent=1))
         return
     for result in summaries:
         _print_summary(result)
+
+
+def suite_names(text: str) -> list[str]:
+    """The names of ``--suite a,b``; a suite named twice would run twice and write its
+    files twice, the second run overwriting the first."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UserError("--suite is empty: name at least one suite (`aabench suites`)")
+    twice = [name for name, count in Counter(names).items() if count > 1]
+    if twice:
+        raise UserError(
+            f"--suite names {', '.join(map(printable, twice))} more than once: name each suite once"
+        )
+    return names
+
+
+def check_apart(out: Path, data: str, model: str) -> None:
+    """--out and --data must not overlap: outputs written into the data set become part
+    of it (the next scan refuses a folder that is not a wnid, or reads a results file as
+    data), and a data set inside the folder the outputs go to may be overwritten."""
+    from aabench.data.folder import SAMPLE, sample_root
+
+    outputs = out.expanduser().resolve()
+    images = (sample_root() if str(data) == SAMPLE else Path(data).expanduser()).resolve()
+    shown_out, shown_data = printable(out), printable(data)
+    if outputs == images:
+        problem = f"--out {shown_out} is the --data directory"
+    elif images in outputs.parents:
+        problem = f"--out {shown_out} is inside --data {shown_data}"
+    elif outputs / model == images or outputs / model in images.parents:
+        problem = f"--data {shown_data} is inside {printable(out / model)}, where the outputs go"
+    else:
+        return
+    raise UserError(f"{problem}: outputs must not mix with the images; choose another --out")

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from aabench.checks import printable
 from aabench.results.table import EXTRA_COLUMNS, TIDY_COLUMNS
 
 # Dimensions that name a group a row aggregates over, not one cell of the protocol.
@@ -48,8 +49,10 @@ def print_summary(result, console: Console | None = None) -> None:
     rows = headline(result.table)
     groups = [d for d in AGGREGATE_DIMENSIONS if any(row.get(d) is not None for row in rows)]
     notes = any(row["value"] is None and row.get("note") for row in rows)
+    # Names the user chose (the model's --name, a weights file, a path) reach the
+    # terminal escaped: a newline or an escape sequence in one must not rewrite it.
     table = Table(
-        title=escape(
+        title=_shown(
             f"{provenance['model']} / {provenance['suite']} "
             f"(n={provenance['n']}, weights {result.table['weights'].iloc[0]})"
         )
@@ -64,10 +67,15 @@ def print_summary(result, console: Console | None = None) -> None:
         cells += [value, row["unit"]]
         if notes:
             cells.append((row.get("note") or "") if row["value"] is None else "")
-        table.add_row(*[escape(str(cell)) for cell in cells])
+        table.add_row(*[_shown(cell) for cell in cells])
     console.print(table)
     for warning in provenance.get("warnings") or []:
-        console.print(f"[bold yellow]warning:[/] {escape(str(warning))}")
+        console.print(f"[bold yellow]warning:[/] {_shown(warning)}")
     console.print(
-        escape(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
+        _shown(f"table: {result.paths['table']}  ({provenance['images_per_second']:.1f} img/s)")
     )
+
+
+def _shown(text: object) -> str:
+    """Text for the rich console: control characters escaped, markup taken literally."""
+    return escape(printable(text))

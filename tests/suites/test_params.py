@@ -65,10 +65,23 @@ def test_booleans(text, expected):
 
 @pytest.mark.parametrize("text", ["none", "None", "null"])
 def test_optional_int_accepts_none(text):
-    (accuracy,) = build(
-        "crop_size=100", f"crop_size={text}", names=["accuracy"], classes=[AccuracySuite]
-    )
+    (accuracy,) = build(f"crop_size={text}", names=["accuracy"], classes=[AccuracySuite])
     assert accuracy.crop_size is None
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["epochs=2", "epochs=3"], "--set epochs is given twice ('2' and '3'): give each key once"),
+        (["epochs=2", " epochs = 2 "], "--set epochs is given twice ('2' and '2')"),
+        (["crop_size=100", "crop_size=none"], "--set crop_size is given twice ('100' and 'none')"),
+    ],
+    ids=["different-values", "same-value", "then-none"],
+)
+def test_a_key_given_twice_is_refused_not_won_by_the_last(items, message):
+    with pytest.raises(UserError) as error:
+        parse_assignments(items)
+    assert message in str(error.value)
 
 
 def test_optional_int_accepts_an_int():
