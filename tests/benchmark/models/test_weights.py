@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -17,17 +18,25 @@ from torch import nn
 
 from aabench.errors import UserError
 from aabench.models.weights import (
+    SAFETENSORS,
+    TORCH_LEGACY,
+    TORCH_ZIP,
     WeightsSource,
     cache_dir,
+    check_values,
     checkpoint_filter_size,
     download,
     expected_hash_prefix,
+    format_of,
     load_strict,
     read_state_dict,
     resolve_source,
     resolve_user_weights,
+    store_dir,
+    url_file_name,
     verified_sha256,
     weights_dir,
+    whole_reason,
 )
 
 pytestmark = pytest.mark.usefixtures("cache", "network")
@@ -484,6 +493,115 @@ def test_download_without_hash_claim(tmp_path, cache, network):
 
 
 # -------------------------------------------------------------- resolve_user_weights
+
+
+def test_download_of_nothing_or_of_something_else_is_not_kept(tmp_path, cache, network):
+    network.serve(HOST + "empty.pth", b"")
+    network.serve(HOST + "notes.pth", b"these are not weights")
+    with pytest.raises(UserError, match=r"returned no data \(0 bytes\)"):
+        download(HOST + "empty.pth", cache / "empty.pth", None)
+    with pytest.raises(UserError) as caught:
+        download(HOST + "notes.pth", cache / "notes.pth", None)
+    assert str(caught.value) == (
+        f"{HOST}notes.pth did not return a checkpoint (its first bytes are neither "
+        "torch.save's nor safetensors'): check the URL; nothing was saved"
+    )
+    assert listing(cache) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://h.example/runs/model.pth", "model.pth"),
+        ("https://h.example/runs/model.pth?sig=abc#frag", "model.pth"),
+        ("https://h.example/runs/my%20model.pth", None),  # a space: not a tame name
+        ("https://h.example/", None),
+        ("https://h.example", None),
+        ("https://h.example/.hidden.pth", None),
+        ("https://h.example/a/%2e%2e", None),
+        ("https://h.example/x%0a%1b[31m.pth", None),
+    ],
+)
+def test_url_file_name_takes_only_tame_names(url, name):
+    assert url_file_name(url) == name
+
+
+def test_a_damaged_url_index_entry_means_download_again(tmp_path, cache, network):
+    blob = checkpoint_bytes(tmp_path)
+    digest = hashlib.sha256(blob).hexdigest()
+    url = HOST + "plain.pth"
+    network.serve(url, blob)
+    path, found = resolve_user_weights(url, frozenset())
+    assert (path, found) == (store_dir() / "sha256" / digest / "plain.pth", digest)
+    (entry,) = (store_dir() / "urls").iterdir()
+    outside = {"url": url, "sha256": digest, "file": "../../x"}
+    for damage in ("{not json", json.dumps(outside)):
+        entry.write_text(damage)
+        assert resolve_user_weights(url, frozenset()) == (path, digest)
+    assert network.calls == [url, url, url]
+    assert json.loads(entry.read_text())["file"] == f"sha256/{digest}/plain.pth"
+    assert listing(store_dir() / "sha256") == [digest]
+
+
+def test_a_url_keeps_the_content_it_gave_last(tmp_path, cache, network):
+    first = checkpoint_bytes(tmp_path, {"w": torch.zeros(3)})
+    second = checkpoint_bytes(tmp_path, {"w": torch.ones(3)})
+    url = HOST + "latest.pth"
+    network.serve(url, first)
+    assert resolve_user_weights(url, frozenset())[1] == hashlib.sha256(first).hexdigest()
+    network.serve(url, second)  # the server's file changed: the cache answers, as torch.hub's
+    assert resolve_user_weights(url, frozenset())[1] == hashlib.sha256(first).hexdigest()
+    assert network.calls == [url]
+
+
+def test_read_state_dict_refuses_bytes_other_than_those_verified(tmp_path):
+    path = save(small_state(), tmp_path / "a.pth")
+    digest = sha256(path)
+    assert_same_state(read_state_dict(path, digest), small_state())
+    save({"other": torch.zeros(1)}, path)
+    with pytest.raises(UserError) as caught:
+        read_state_dict(path, digest)
+    assert f"changed after it was verified (its SHA-256 is now {sha256(path)[:12]}, was " in str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"PK\x03\x04" + bytes(20), TORCH_ZIP),
+        (b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.", TORCH_LEGACY),
+        # a safetensors header of 640 bytes starts with 0x80 0x02, like a pickle
+        ((640).to_bytes(8, "little") + b'{"w":{}}', SAFETENSORS),
+        ((84).to_bytes(8, "little") + b'{"__metadata__":{}}', SAFETENSORS),
+        (bytes(257) + b"ustar" + bytes(250), TORCH_LEGACY),
+        (b"<!DOCTYPE html>", None),
+        ((0).to_bytes(8, "little") + b"{}", None),
+        (b"", None),
+    ],
+    ids=["zip", "pickle", "safetensors-0x80", "safetensors", "tar", "html", "no-header", "empty"],
+)
+def test_format_of(head, expected):
+    assert format_of(head) == expected
+
+
+def test_check_values_counts_non_finite_values_and_skips_integers():
+    state = {
+        "steps": torch.tensor(2**62, dtype=torch.int64),
+        "w": torch.tensor([1.0, float("-inf"), float("nan"), 0.0]),
+        "half": torch.tensor([float("nan")], dtype=torch.float16),
+    }
+    with pytest.raises(UserError) as caught:
+        check_values(state, "ckpt.pth")
+    assert str(caught.value).startswith(
+        "ckpt.pth holds non-finite weights: w has 2 NaN or infinite values of 4; 2 tensors in all;"
+    )
+    check_values({"steps": state["steps"], "ok": torch.zeros(3)}, "ckpt.pth")
+
+
+def test_whole_reason_keeps_every_line_of_a_multi_line_error():
+    error = RuntimeError("Error(s) in loading state_dict for Net:\n\tsize mismatch for fc.")
+    assert whole_reason(error) == "Error(s) in loading state_dict for Net: size mismatch for fc."
 
 
 def test_user_url_is_downloaded_into_cache(tmp_path, cache, network):
