@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aabench.checks import reading
 from aabench.errors import UserError
+from aabench.results.integrity import dimension_key
 from aabench.results.load import RunData, load_directory, load_run
 from aabench.results.stats import holm, mcnemar_exact, paired_bootstrap_test
 from aabench.suites.registry import available_suites
@@ -123,6 +125,8 @@ def compare(
             line = f"{run.label}: {warning}"
             if line not in warnings:
                 warnings.append(line)
+    # What could not be checked is said, not silently trusted.
+    warnings += [f"{run.label}: {run.unchecked}" for run in runs if run.unchecked]
     rows = pd.concat(
         [_compare_pair(reference, candidate, replicates, seed) for candidate in runs[1:]],
         ignore_index=True,
@@ -134,25 +138,6 @@ def compare(
 
 def _keys(run: RunData) -> list[str]:
     return ["suite", "metric", *run.dimensions]
-
-
-def dimension_key(frame: pd.DataFrame, dims: list[str]) -> pd.Series:
-    """One string per row naming its dimension values ("" where blank): a join key that
-    does not depend on how a CSV reader typed a half-empty column (16, 16.0, <NA>)."""
-
-    def text(value) -> str:
-        if value is None or pd.isna(value):
-            return ""
-        if isinstance(value, float | np.floating) and float(value).is_integer():
-            return str(int(value))
-        return str(value)
-
-    if not dims:
-        return pd.Series([""] * len(frame), index=frame.index, dtype=object)
-    parts = [
-        frame[dim].map(text) if dim in frame else pd.Series("", index=frame.index) for dim in dims
-    ]
-    return pd.Series(["|".join(values) for values in zip(*parts, strict=True)], index=frame.index)
 
 
 def _compare_pair(
@@ -388,7 +373,10 @@ def pair_runs(paths: list[str], every_reference_suite: bool = False) -> Pairing:
     """:func:`load_runs`, also naming each suite that only some directories have
     ("diagonal: only in runs/resnet18_aa; not compared")."""
     unpaired: list[str] = []
-    kinds = {Path(p).is_dir() for p in paths}
+    kinds = set()
+    for path in paths:
+        with reading(path, "table or run directory"):
+            kinds.add(Path(path).is_dir())
     if kinds == {True}:
         directories = [load_directory(p) for p in paths]
         shared = [suite for suite in directories[0] if all(suite in d for d in directories)]

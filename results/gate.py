@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from aabench.checks import finite, printable
 from aabench.errors import UserError
 from aabench.results.compare import Comparison
 from aabench.results.verdict import dimension_label, verdict
@@ -66,30 +67,31 @@ DEFAULT_RULES = (
 def load_rules(path: str | Path) -> list[Rule]:
     """Rules from a TOML file: one ``[[rule]]`` table per rule."""
     path = Path(path)
+    shown = printable(path)
     try:
-        document = tomllib.loads(path.read_text())
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(
-            f"rules file {path} does not exist: fix the --rules path, or leave --rules out "
+            f"rules file {shown} does not exist: fix the --rules path, or leave --rules out "
             "for the default rules"
         ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
         raise UserError(
-            f"rules file {path} is not valid TOML: {reason}; fix it (each rule is "
+            f"rules file {shown} is not valid TOML: {printable(reason)}; fix it (each rule is "
             'a [[rule]] table, e.g. [[rule]] metric = "consistency" max_regression = 0.5)'
         ) from error
     except OSError as error:
         raise UserError(
-            f"cannot read rules file {path} ({error.strerror or error}): pass a TOML file to "
+            f"cannot read rules file {shown} ({error.strerror or error}): pass a TOML file to "
             "--rules"
         ) from error
     entries = document.get("rule")
     unknown_top = sorted(set(document) - {"rule"})
     if unknown_top or not isinstance(entries, list) or not entries:
         raise UserError(
-            f"rules file {path} must hold one or more [[rule]] tables"
-            + (f" (unknown keys: {', '.join(unknown_top)})" if unknown_top else "")
+            f"rules file {shown} must hold one or more [[rule]] tables"
+            + (f" (unknown keys: {printable(', '.join(unknown_top))})" if unknown_top else "")
             + '; e.g. [[rule]] metric = "consistency" max_regression = 0.5'
         )
     suites = available_suites()
@@ -97,13 +99,13 @@ def load_rules(path: str | Path) -> list[Rule]:
     allowed = {f.name for f in fields(Rule)}
     rules = []
     for number, entry in enumerate(entries, start=1):
-        where = f"rules file {path}, rule {number}"
+        where = f"rules file {shown}, rule {number}"
         if not isinstance(entry, dict):
             raise UserError(f"{where}: a rule is a [[rule]] table of key = value lines")
         extra = sorted(set(entry) - allowed)
         if extra:
             raise UserError(
-                f"{where}: unknown keys {', '.join(extra)}; valid keys are "
+                f"{where}: unknown keys {printable(', '.join(extra))}; valid keys are "
                 f"{', '.join(sorted(allowed))}"
             )
         if "metric" not in entry or "max_regression" not in entry:
@@ -121,12 +123,15 @@ def load_rules(path: str | Path) -> list[Rule]:
                 + f"; valid metrics are {', '.join(sorted(valid))}"
             )
         limit = entry["max_regression"]
-        if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0:
+        if isinstance(limit, bool) or not isinstance(limit, int | float):
             raise UserError(f"{where}: max_regression must be a number >= 0, got {limit!r}")
+        # TOML has nan and inf: a NaN limit compares false with every regression, so the
+        # gate could never fail; an infinite one allows any regression at all.
+        limit = finite(limit, f"{where}: max_regression", minimum=0)
         for flag in ("relative", "only_if_significant", "per_dimension"):
             if not isinstance(entry.get(flag, False), bool):
                 raise UserError(f"{where}: {flag} must be true or false")
-        rules.append(Rule(**{**entry, "max_regression": float(limit)}))
+        rules.append(Rule(**{**entry, "max_regression": limit}))
     return rules
 
 

@@ -164,7 +164,7 @@ def imagenet_c_plots(source) -> list[Plot]:
                     color=_colour(index),
                     label=_legend_label(label, index),
                 )
-            axes.set_title(corruption, fontsize=7)
+            axes.set_title(_literal(corruption), fontsize=7)
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             axes.tick_params(labelsize=6)
             axes.grid(alpha=0.3)
@@ -265,7 +265,7 @@ def equivariance_plots(source) -> list[Plot]:
         depths = sorted(names)
         for axes in panels:
             # Each depth's layer names (models name their layers differently).
-            axes.set_xticks(depths, ["\n".join(names[d]) for d in depths])
+            axes.set_xticks(depths, [_literal("\n".join(names[d])) for d in depths])
             axes.tick_params(axis="x", labelrotation=90, labelsize=6)
             axes.set_xlabel("depth (downsampling layers in network order)", fontsize=8)
         figure.suptitle(EQUIVARIANCE_PROFILE, fontsize=10)
@@ -294,12 +294,13 @@ def equivariance_plots(source) -> list[Plot]:
             image = axes.imshow(
                 grid.to_numpy(), vmin=0, vmax=highest, cmap="viridis", origin="upper"
             )
-            axes.set_xticks(range(grid.shape[1]), [_plain(v) for v in grid.columns])
-            axes.set_yticks(range(grid.shape[0]), [_plain(v) for v in grid.index])
+            axes.set_xticks(range(grid.shape[1]), [_literal(_plain(v)) for v in grid.columns])
+            axes.set_yticks(range(grid.shape[0]), [_literal(_plain(v)) for v in grid.index])
             axes.tick_params(labelsize=6)
             axes.set_xlabel("dw (pixels)", fontsize=8)
             axes.set_ylabel("dh (pixels)", fontsize=8)
-            axes.set_title(f"{_legend_label(label, index)}\n{layer} (depth {depth})", fontsize=8)
+            title = f"{_legend_label(label, index)}\n{_literal(layer)} (depth {depth})"
+            axes.set_title(title, fontsize=8)
         figure.colorbar(image, ax=list(panels), shrink=0.8, label="normalised L2 distance")
         figure.suptitle(EQUIVARIANCE_HEATMAP, fontsize=10)
         plots.append((EQUIVARIANCE_HEATMAP, _png(figure)))
@@ -384,7 +385,7 @@ def _unit(rows: pd.DataFrame) -> str | None:
 
 
 def _axis_label(name: str, unit: str | None) -> str:
-    return f"{name} ({unit})" if unit else name
+    return _literal(f"{name} ({unit})" if unit else name)
 
 
 def _ordered(values: pd.Series) -> list[str]:
@@ -396,8 +397,15 @@ def _colour(index: int) -> str:
     return f"C{index % 10}"
 
 
+def _literal(text: object) -> str:
+    """``text`` as matplotlib draws it, character for character: a ``$`` pair would start
+    mathtext (a model named ``$\\foo$`` fails to render; ``a$b$`` loses its dollars). Every
+    ``$`` escaped leaves no pair, and matplotlib unescapes them in plain text."""
+    return str(text).replace("$", r"\$")
+
+
 def _legend_label(label: str, index: int) -> str:
-    return f"{label} (reference)" if index == 0 else str(label)
+    return _literal(f"{label} (reference)" if index == 0 else label)
 
 
 def _figure(size: tuple[float, float] = SIZE):
@@ -413,7 +421,7 @@ def _category_label(row: pd.Series, first: str, dimensions: Sequence[str]) -> st
         value = row[dimension]
         if dimension != first and not _missing(value):
             parts.append(f"{dimension} {_plain(value)}")
-    return " ".join(parts)
+    return _literal(" ".join(parts))
 
 
 def _bars_per_category(found, dimension: str, name: str, title: str) -> bytes:

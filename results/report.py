@@ -29,7 +29,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from aabench.errors import UserError
-from aabench.results.files import write_atomic
+from aabench.results.files import write_atomic, write_together
 from aabench.results.plots import Plot, all_plots
 from aabench.results.stats import format_interval
 from aabench.results.verdict import verdict as row_verdict
@@ -93,14 +93,18 @@ def write_report(comparison, path: Path) -> None:
         return
     folder = path.parent / f"{path.stem}_files"
     names = [_plot_file_name(number, title) for number, (title, _) in enumerate(plots, 1)]
-    for name, (_, png) in zip(names, plots, strict=True):
-        _write_bytes(folder / name, png)
-    _remove_stale_plots(folder, keep=set(names))
     links = [
         (title, f"{quote(folder.name)}/{quote(name)}")
         for name, (title, _) in zip(names, plots, strict=True)
     ]
-    _write_text(path, render_markdown(comparison, links))
+    text = render_markdown(comparison, links)
+    # The plots and the page as one: a failure part way (disk full) leaves the earlier
+    # report as it was, not a new page linking to plots that were never written.
+    pngs = [
+        (folder / name, _bytes_writer(png)) for name, (_, png) in zip(names, plots, strict=True)
+    ]
+    write_together([*pngs, (path, _bytes_writer(text.encode("utf-8")))])
+    _remove_stale_plots(folder, keep=set(names))
 
 
 # --- the content, independent of the format --------------------------------------------
@@ -887,5 +891,5 @@ def _write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    write_atomic(path, lambda temporary: Path(temporary).write_bytes(data))
+def _bytes_writer(data: bytes):
+    return lambda temporary: Path(temporary).write_bytes(data)

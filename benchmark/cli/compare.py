@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from aabench import checks
 from aabench.cli.app import (
     JSON,
     command,
@@ -38,6 +39,9 @@ def compare_command(
 ) -> None:
     """Compare runs: aligned values, deltas, and whether each difference is real."""
     from aabench.results.compare import compare_groups, dimension_columns, pair_runs
+
+    # numpy's generator refuses a negative seed with a traceback: the shared check says so.
+    seed = checks.seed(seed)
 
     pairing = pair_runs(paths)
     groups, unpaired = pairing.groups, list(pairing.unpaired)

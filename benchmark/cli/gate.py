@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from aabench import checks
 from aabench.cli.app import (
     command,
 )
@@ -27,6 +28,9 @@ def gate_command(
 ) -> None:
     """Exit 1 when the candidate regresses beyond the rules, 0 when it does not."""
     from aabench.results.compare import compare_groups, dimension_columns, load_runs
+
+    # numpy's generator refuses a negative seed with a traceback: the shared check says so.
+    seed = checks.seed(seed)
     from aabench.results.files import write_atomic
     from aabench.results.gate import (
         DEFAULT_RULES,

@@ -307,7 +307,7 @@ def mismatched_pair(tmp_path, kind: str):
             tmp_path / "b", [[[7, 7]], [[7, 7]], [[3, 3]]], fingerprint={"count": 3}
         )
     elif kind == "n":
-        candidate = write_shift(tmp_path / "b", [[[7, 7]], [[7, 7]], [[3, 3]]], n=4)
+        candidate = write_shift(tmp_path / "b", [[[7, 7]], [[7, 7]], [[3, 3]], [[7, 3]]])
     else:
         raise AssertionError(kind)
     return load_run(reference), load_run(candidate)

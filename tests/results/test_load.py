@@ -302,12 +302,11 @@ def test_unreadable_provenance_is_a_user_error(tmp_path):
         load_run(path)
 
 
-def test_a_corrupt_samples_file_is_a_user_error_when_read(tmp_path):
+def test_a_corrupt_samples_file_is_a_user_error_on_load(tmp_path):
     path = write_accuracy(tmp_path, [1, 0])
     (tmp_path / "accuracy.samples.csv.gz").write_bytes(b"not gzip at all")
-    run = load_run(path)
     with pytest.raises(UserError, match="cannot read samples file"):
-        run.samples()
+        load_run(path)
 
 
 # --- load_directory ------------------------------------------------------------------
