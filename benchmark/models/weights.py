@@ -301,7 +301,7 @@ def download(
     """Download ``url`` to ``destination`` atomically, verifying it first.
 
     Returns the SHA-256. Nothing is left at ``destination`` unless the file is complete
-    and verified. ``announce``: say on stderr what is being downloaded, once connected.
+    and verified. ``announce``: say on stderr what is downloaded (see :func:`_fetched`).
     """
     note = f" (licence: {licence})" if licence else ""
     with _fetched(
@@ -479,9 +479,10 @@ class DownloadError(UserError):
 def _ways_out(
     destination: Path, mirror: Path | None, wanted_by: str | None, error: BaseException
 ) -> str:
-    where = f"{mirror} or {destination.parent}" if mirror else destination.parent
+    folders = [mirror, destination.parent] if mirror else [destination.parent]
+    where = " or ".join(printable(folder) for folder in folders)
     yourself = (
-        f"download it yourself and put {destination.name} in {where} (or a directory "
+        f"download it yourself and put {printable(destination.name)} in {where} (or a directory "
         f"given by --weights-dir / {WEIGHTS_DIR_ENV})"
     )
     if wanted_by is None:
