@@ -9,6 +9,7 @@ whose bytes would garble the terminal.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import unicodedata
@@ -92,3 +93,45 @@ def reading(path: str | os.PathLike, what: str) -> Iterator[Path]:
         raise UserError(f"{what} {printable(path)} is a directory, not a file") from None
     except FileNotFoundError:
         raise UserError(f"{what} {printable(path)} does not exist") from None
+
+
+def workers(value: int, flag: str = "--workers") -> int:
+    """A worker-process count this machine can hold: each is a process, so a typo of a few
+    zeros would start thousands of them before anything else could fail."""
+    limit = max(32, 4 * (os.cpu_count() or 1))
+    whole(value, flag, minimum=0)
+    if value > limit:
+        raise UserError(
+            f"{flag} must be at most {limit} (4 per core here, each one a process), got {value}"
+        )
+    return value
+
+
+# Why a write failed, and what to do about it, by errno.
+_WRITE_FAILURES = {
+    errno.ENOSPC: ("no space left on device", "free space there or choose {flag} on another disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free space there or choose {flag} on another disk"),
+    errno.EROFS: ("read-only file system", "choose {flag} on a writable disk"),
+    errno.EACCES: ("permission denied", "make it writable (chmod) or choose another {flag}"),
+    errno.EPERM: ("permission denied", "make it writable (chmod) or choose another {flag}"),
+}
+
+
+def write_failure(error: OSError, path: str | os.PathLike, flag: str = "--out") -> str:
+    """``error``, raised writing ``path``, as the start of one line: what failed, why, and
+    what to do."""
+    reason, advice = _WRITE_FAILURES.get(
+        error.errno, (error.strerror or str(error), "choose a writable {flag} with free space")
+    )
+    return f"cannot write {printable(path)}: {printable(reason)}; {advice.format(flag=flag)}"
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, flag: str = "--out", then: str = "") -> Iterator[Path]:
+    """Write-time failures of ``path`` (a full disk, a read-only file system, a directory
+    without write permission) as one line; ``then`` ends it (what is kept, how to go on)."""
+    path = Path(path)
+    try:
+        yield path
+    except OSError as error:
+        raise UserError(write_failure(error, path, flag) + (f"; {then}" if then else "")) from None
