@@ -256,6 +256,7 @@ class SuiteLock:
         self.directory = Path(directory)
         self.path = self.directory.with_name(self.directory.name + LOCK_SUFFIX)
         self._descriptor: int | None = None
+        self._created: list[Path] = []  # directories acquire made, deepest first
 
     def __enter__(self) -> SuiteLock:
         self.acquire()
@@ -268,7 +269,7 @@ class SuiteLock:
     def acquire(self) -> None:
         holder = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_directories()
             for _ in range(LOCK_ATTEMPTS):
                 descriptor = _open_lock(self.path, create=True)
                 if not _try_lock(descriptor, fcntl.LOCK_EX):
@@ -295,8 +296,18 @@ class SuiteLock:
             self.path.unlink()  # while still locked: see acquire's check
         os.close(self._descriptor)  # which releases the lock
         self._descriptor = None
-        with contextlib.suppress(OSError):
-            self.path.parent.rmdir()  # .partial, once no suite has anything there
+        # .partial once no suite has anything there, and <out>/<model> if this run made
+        # it and wrote nothing there (it failed), so a failed run leaves nothing behind.
+        for directory in [self.path.parent, *self._created]:  # the deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+    def _make_directories(self) -> None:
+        missing = self.path.parent
+        while not missing.exists() and missing != missing.parent:
+            self._created.append(missing)
+            missing = missing.parent
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def refuse_if_held(self) -> None:
         """Refuse now, creating nothing, if another run holds the lock (a glance: the

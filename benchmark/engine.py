@@ -13,6 +13,8 @@ import collections
 import contextlib
 import math
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -291,9 +293,53 @@ def _collate(items: list[dict]) -> list[dict]:
     return items
 
 
+# What stops a run: Ctrl-C, and SIGTERM (timeout, Slurm, docker stop).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def _worker_init(_: int) -> None:
     # Workers cut and stack tensors; one thread each leaves the cores to the model.
     torch.set_num_threads(1)
+    # Stopping is the main process's: it saves the finished images, then ends the
+    # workers. A worker killed by a signal sent to the whole process group (Slurm,
+    # Ctrl-C) would reach the main process as a worker crash, at any moment, perhaps in
+    # the middle of that saving. The signals were blocked since the fork (_batches).
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    sys.excepthook = _quiet_when_the_main_process_hangs_up(sys.excepthook)
+
+
+def _quiet_when_the_main_process_hangs_up(hook):
+    """A worker hands each batch's tensors to the main process through a socket
+    (multiprocessing's resource sharer, in a thread of the worker). When the main
+    process stops part way through a hand-over (Ctrl-C, SIGTERM), that thread reports
+    the reset connection with a traceback on the stderr the processes share; the main
+    process says what happened, in one line."""
+
+    def excepthook(kind, value, traceback):
+        if not issubclass(kind, ConnectionError | EOFError):
+            hook(kind, value, traceback)
+
+    return excepthook
+
+
+def _batches(loader: DataLoader):
+    """The loader's batches. Its workers are forked with the stop signals blocked (they
+    wait, in this process until the workers have started, in a worker until
+    _worker_init ignores them), and are ended however the iteration ends: an iterator
+    kept alive by a traceback would otherwise keep its workers until the process exits."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        iterator = iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    try:
+        yield from iterator
+    finally:
+        shut_down = getattr(iterator, "_shutdown_workers", None)  # none without workers
+        if shut_down is not None:
+            shut_down()
 
 
 class PreparedModel:
@@ -491,7 +537,7 @@ def evaluate(
             _main_threads(device),
             _progress(options.quiet, suite.name, len(dataset)) as advance,
         ):
-            for items in loader:
+            for items in _batches(loader):
                 for item in items:
                     if item["position"] // block != current_block:
                         # A forward pass never mixes two blocks, so its composition, and
