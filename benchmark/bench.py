@@ -12,6 +12,7 @@ actually spent running them. ``images`` only caps the pipeline and end-to-end ph
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from aabench.engine import (
     evaluate,
     resolve_device,
 )
+from aabench.errors import UserError
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import Suite
 
@@ -177,6 +179,18 @@ def forward_only(
     """The model alone on a resident, already normalised batch, until ``deadline``."""
     prepared = PreparedModel(model, device, options)
     size = model.preprocessing.crop_size
+    with _fitting(options.batch_size, size, device):
+        return _forward_until(prepared, size, device, options, deadline, tick)
+
+
+def _forward_until(
+    prepared: PreparedModel,
+    size: int,
+    device: torch.device,
+    options: EngineOptions,
+    deadline: Deadline,
+    tick: Callable[[int | None], None],
+) -> PhaseResult:
     x = torch.randn(options.batch_size, 3, size, size, device=device)
     if prepared.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -266,6 +280,54 @@ def end_to_end(
         model, suite, folder, options, seed=seed, device=device, hooks=Hooks(stop=stop)
     )
     return PhaseResult(PHASES[2], evaluation.views, evaluation.seconds, evaluation.images)
+
+
+@contextmanager
+def _fitting(batch_size: int, size: int, device: torch.device) -> Iterator[None]:
+    """The forward-only phase holds one batch of ``batch_size`` inputs: a batch larger
+    than the device's whole memory is refused before it is allocated, and one that runs
+    out of memory on the way is the same one line, naming --batch-size."""
+    needed = batch_size * 3 * size * size * 4  # float32 inputs, before any activation
+    memory = _memory_of(device)
+    if memory is not None and needed > memory:
+        why = f"its {size} x {size} inputs alone need {_gigabytes(needed)}"
+        raise _too_large(batch_size, size, device, why)
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not isinstance(error, torch.OutOfMemoryError) and not _out_of_memory(error):
+            raise
+        raise _too_large(batch_size, size, device, "it ran out of memory") from None
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text
+
+
+def _memory_of(device: torch.device) -> int | None:
+    """The device's total memory in bytes, where it can be known."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def _gigabytes(count: int) -> str:
+    return f"{count / 2**30:.3g} GiB"
+
+
+def _too_large(batch_size: int, size: int, device: torch.device, why: str) -> UserError:
+    memory = _memory_of(device)
+    of = f"{_gigabytes(memory)} of memory; " if memory is not None else ""
+    return UserError(
+        f"--batch-size {batch_size} is too large for {device} ({of}{why}): choose a "
+        "smaller --batch-size"
+    )
 
 
 def _synchronise(device: torch.device) -> None:

@@ -98,11 +98,13 @@ def reading(path: str | os.PathLike, what: str) -> Iterator[Path]:
 def workers(value: int, flag: str = "--workers") -> int:
     """A worker-process count this machine can hold: each is a process, so a typo of a few
     zeros would start thousands of them before anything else could fail."""
-    limit = max(32, 4 * (os.cpu_count() or 1))
+    cores = os.cpu_count() or 1
+    limit = max(32, 4 * cores)
     whole(value, flag, minimum=0)
     if value > limit:
         raise UserError(
-            f"{flag} must be at most {limit} (4 per core here, each one a process), got {value}"
+            f"{flag} must be at most {limit} on this machine ({cores} cores; each worker is "
+            f"a process), got {value}"
         )
     return value
 

@@ -74,12 +74,12 @@ def bench_command(
     Progress goes to stderr (none with --json); the rates are views actually run over
     the time actually spent, phase by phase.
     """
-    from aabench.budget import check_budget
+    from aabench.budget import check_arguments
     from aabench.suites.params import build_suites
     from aabench.suites.registry import get_suite
 
     # Every argument, and the weights, are settled before torch is imported.
-    check_budget(seconds, images)
+    check_arguments(seconds, images, batch_size, workers)
     (suite_object,) = build_suites([suite], [get_suite(suite)], assignments)
     loaded = settle_model(
         model, weights, weights_dir, weights_url, 0, factory_args, name,

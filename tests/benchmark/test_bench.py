@@ -8,6 +8,7 @@ from torch import nn
 from aabench.bench import bench, repeat_to
 from aabench.data.folder import open_image_folder
 from aabench.engine import EngineOptions
+from aabench.errors import UserError
 from aabench.models.preprocessing import Preprocessing
 from aabench.models.weights import RANDOM_WEIGHTS
 from aabench.models.zoo import LoadedModel, ModelSpec
@@ -148,17 +149,32 @@ def test_quiet_bench_prints_nothing(capsys):
 @pytest.mark.parametrize(
     ("option", "value", "text"),
     [
-        ("--seconds", "0", "--seconds must be a positive number of seconds, got 0.0"),
-        ("--seconds", "-1", "--seconds must be a positive number of seconds, got -1.0"),
-        ("--seconds", "nan", "--seconds must be a positive number of seconds, got nan"),
-        ("--images", "0", "--images must be at least 1, got 0"),
+        ("--seconds", "0", "--seconds must be more than 0, got 0.0: it is the time budget"),
+        ("--seconds", "-1", "--seconds must be more than 0, got -1.0: it is the time budget"),
+        ("--seconds", "nan", "--seconds must be a finite number, got nan: it is the time budget"),
+        ("--images", "0", "--images must be 1 or more, got 0: it caps the images"),
     ],
 )
 def test_bench_refuses_a_budget_that_measures_nothing(cli, option, value, text):
+    # Checked before the model is looked up: an unknown model is never reached.
     code, out, err = cli("bench", "--model", "no_such_model", option, value)
     assert code == 2
     assert out == ""
     assert err.startswith(f"aabench: error: {text}") and err.count("\n") == 1
+
+
+def test_the_library_checks_the_budget_too():
+    with pytest.raises(UserError, match="--images must be 1 or more, got 0"):
+        bench(tiny_model(), SHIFT, open_image_folder("sample"), OPTIONS, images=0)
+
+
+def test_a_batch_that_runs_out_of_memory_names_batch_size(monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    monkeypatch.setattr(torch, "randn", out_of_memory)
+    with pytest.raises(UserError, match=r"^--batch-size 4 is too large for cpu \(.* it ran out"):
+        bench(tiny_model(), SHIFT, open_image_folder("sample"), OPTIONS, images=2, seconds=3.0)
 
 
 def test_bench_json_has_the_three_rates(cli):
