@@ -166,6 +166,11 @@ class PartialRun:
         write_json({**manifest, "sessions": [*self.earlier_sessions, self.session]}, self.manifest)
         return parts
 
+    def verify(self, samples: list | None = None) -> None:
+        """Refuse now, before any suite runs, checkpoints that --resume would refuse."""
+        if self.exists():
+            self._load_chunks(samples)
+
     def _load_chunks(self, samples: list | None) -> list[Part]:
         """Every chunk, each checked (checksum, identity, consistency) before it is kept."""
         parts, first = [], None

@@ -347,4 +347,7 @@ def check_unfinished(
         identity = run_identity(model, suite, suite_folder, options, seed, data_source)
         directory = partial_directory(out, model.name, suite.name)
         SuiteLock(directory).refuse_if_held()  # another run is on it: its state is not ours
-        PartialRun(directory, identity).check(checkpoints.resume, checkpoints.restart)
+        partial = PartialRun(directory, identity)
+        partial.check(checkpoints.resume, checkpoints.restart)
+        if checkpoints.resume:
+            partial.verify(suite_folder.samples)
