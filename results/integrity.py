@@ -13,9 +13,11 @@ when that summary, recomputed here, gives the same rows, values and ``n``:
 - each metric is one of its suite's, with that metric's direction (the gate reads
   ``higher_is_better`` to decide what a regression is);
 - one row per (metric, dimensions);
-- with a provenance and samples beside it: every row, value and ``n`` as the samples
-  give them (to 6 significant digits: the samples keep float32 probabilities), and no
-  row more or less. A table with NaN where its samples give a number is refused.
+- with a provenance and samples beside it: every value and ``n`` as the samples give
+  them (to 6 significant digits: the samples keep float32 probabilities), no value the
+  samples do not give, and none missing. A table with NaN (a blank) where its samples
+  give a number is refused; a blank row the samples do not give claims nothing and stays
+  (its note says why it has no value).
 
 A file that fails a check is refused with one line naming the file, the row and what
 differs; no option accepts it (``--allow-mismatch`` is about runs that measured different
@@ -126,9 +128,11 @@ def _booleans(column: pd.Series, path: Path) -> pd.Series:
     parsed = [boolean(value) for value in column]
     bad = [index for index, value in enumerate(parsed) if value is None]
     if bad:
+        cell = column.iloc[bad[0]]
+        shown = "blank" if pd.isna(cell) else repr(printable(cell))
         raise UserError(
-            f"{printable(path)}, {row_name(bad[0])}: higher_is_better is "
-            f"{printable(column.iloc[bad[0]])!r}, not True or False: {RERUN}"
+            f"{printable(path)}, {row_name(bad[0])}: higher_is_better is {shown}, not True "
+            f"or False: {RERUN}"
         )
     return pd.Series(parsed, index=column.index, dtype=bool)
 
@@ -272,9 +276,13 @@ def _check_against_samples(run, suite_class) -> None:
             f"({_reason(error)}): {RERUN}"
         ) from error
     dimensions = list(suite_class.dimensions)
+    # Only rows with a value are compared: a row without one claims nothing, and which
+    # of them a run writes depends on what its data lacked (released ImageNet-C cells),
+    # which the samples do not say. A blank where the samples give a number is refused.
     expected = {
         key: (row["value"], row["n"])
         for key, row in zip(row_keys(pd.DataFrame(rows), dimensions), rows, strict=True)
+        if not pd.isna(row["value"])
     }
     table = run.table
     for index, key, metric, value, n in zip(
@@ -287,9 +295,12 @@ def _check_against_samples(run, suite_class) -> None:
     ):
         where = f"{printable(run.path)}, {row_name(index)} ({printable(key)})"
         if key not in expected:
+            if pd.isna(value):
+                continue
             raise UserError(
-                f"{where} is not among the rows its samples {samples_path} give: the table "
-                f"was edited, or its files come from different runs; {RERUN}"
+                f"{where}: the table says {_shown(value)}, its samples {samples_path} give no "
+                f"such value: the table was edited, or its files come from different runs; "
+                f"{RERUN}"
             )
         want_value, want_n = expected.pop(key)
         scale = suite_class.metrics[str(metric)].scale
