@@ -329,3 +329,36 @@ def test_worst_shift_without_radius_rows_draws_no_curve():
     assert titles(worst_shift_plots(spatial_and_integer)) == [WORST_SHIFT_CURVE]
     published = published_table("spatial-pytorch")
     assert worst_shift_plots([RunTables("engstrom", published)]) == []
+
+
+HOSTILE = ("$\\foo$", "a$b^", "x$^{2}$ y$", "cost \\$5 and $6")
+
+
+def test_labels_and_data_values_are_drawn_literally_never_as_mathtext(monkeypatch):
+    """Run labels, units and dimension values come from users' files: matplotlib must
+    draw each character as written (a ``$`` pair would be parsed as mathtext, and an
+    unknown command such as ``\\foo`` fails the whole report)."""
+    from matplotlib.text import Text
+
+    from aabench.results import plots
+
+    drawn: list[tuple[str, bool]] = []
+    render = plots._png
+
+    def render_and_read(figure):
+        png = render(figure)  # drawing makes the tick labels
+        drawn.extend(t._preprocess_math(t.get_text()) for t in figure.findobj(Text))
+        return png
+
+    monkeypatch.setattr(plots, "_png", render_and_read)
+    reference, candidate = run(HOSTILE[0]), run(HOSTILE[1])
+    odd_c = imagenet_c(HOSTILE[2])
+    odd_c.table["corruption"] = odd_c.table["corruption"].str.replace("snow", HOSTILE[3])
+    odd_c.table["unit"] = "$%$"
+    found = all_plots([reference, candidate, odd_c, imagenet_p(HOSTILE[3])])
+    assert len(found) == 7
+    assert [math for _, math in drawn if math] == []
+    texts = {text for text, _ in drawn}
+    assert f"{HOSTILE[0]} (reference)" in texts and HOSTILE[1] in texts
+    assert HOSTILE[3] in texts  # the corruption's panel title
+    assert "ImageNet-C: top-1 error ($%$) against severity" in texts
