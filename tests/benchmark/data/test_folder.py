@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
+import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from aabench.data.classes import class_name, imagenet_classes, wnid_to_index
-from aabench.data.folder import Sample, open_image_folder, sample_root, spread_subset
+from aabench.data.folder import (
+    Sample,
+    file_path,
+    open_image_folder,
+    recorded_path,
+    sample_root,
+    spread_subset,
+)
 from aabench.errors import UserError
 from tests.helpers import make_image_folder, solid
 
@@ -172,3 +183,45 @@ def test_imagenet_root_with_a_val_folder(tmp_path):
         (f"{TENCH}/img0.png", 0),
         (f"{CLOCK}/img0.png", 892),
     ]
+
+
+# Names that are not UTF-8: recorded as text (\xNN, a backslash doubled) that leads back.
+
+FILE_NAMES = st.binary(min_size=1, max_size=12).filter(lambda raw: not set(raw) & {0, 47})
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(raw=FILE_NAMES)
+def test_a_recorded_path_is_utf8_text_that_leads_back_to_its_file(raw):
+    name = os.fsdecode(b"n01440764/" + raw)
+    text = recorded_path(name)
+    text.encode("utf-8")  # always valid: every output can hold it
+    assert file_path(text) == name  # invertible, so two files never share a path
+    if b"\\" not in raw and _is_utf8(raw):
+        assert text == name  # every ordinary name is recorded as it is
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "raw, text",
+    [
+        (b"img\xff.png", "img\\xff.png"),
+        (b"back\\slash.png", "back\\\\slash.png"),
+        (b"lit\\xff.png", "lit\\\\xff.png"),
+        (b"caf\xc3\xa9.png", "café.png"),
+    ],
+)
+def test_a_folder_records_each_name_by_the_rule(tmp_path, raw, text):
+    root = folder_with(tmp_path, {TENCH: 1})
+    os.rename(root / TENCH / "img0.png", os.fsencode(root / TENCH) + b"/" + raw)
+    (sample,) = open_image_folder(root).samples
+    assert sample == Sample(f"{TENCH}/{text}", 0)
+    assert os.fsencode(root / sample.file) == os.fsencode(root / TENCH) + b"/" + raw
+    assert sample.key == zlib.crc32(f"{TENCH}/{text}".encode())
