@@ -326,3 +326,48 @@ def test_load_directory_reads_every_suite_table_and_skips_hidden_files(tmp_path)
 def test_load_directory_without_tables_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"holds no <suite>\.csv tables"):
         load_directory(tmp_path)
+
+
+# --- checked against provenance and samples ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("recorded", "accepted"),
+    [(75.0, True), (75.00001, True), (75.001, False), (74.99, False)],
+)
+def test_values_must_be_what_the_samples_give_to_float32_rounding(tmp_path, recorded, accepted):
+    """The samples keep float32 outputs: 1e-6 of a % metric's scale is rounding, 1e-3 is
+    an edit."""
+    path = write_accuracy(tmp_path, [1, 0, 1, 1])  # top1 = top5 = 75 %
+    table = pd.read_csv(path)
+    table.loc[0, "value"] = recorded
+    table.to_csv(path, index=False)
+    if accepted:
+        assert load_run(path).unchecked is None
+        return
+    with pytest.raises(UserError) as refused:
+        load_run(path)
+    assert str(refused.value) == (
+        f"{path}, row 1 (top1): the table says {recorded:.10g} (n=4), its samples "
+        f"{tmp_path / 'accuracy.samples.csv.gz'} give 75 (n=4): the table was edited, or its "
+        "files come from different runs; rerun the suite to write its files again"
+    )
+
+
+def test_what_could_not_be_recomputed_is_named(tmp_path):
+    without_samples = write_accuracy(tmp_path / "a", [1, 0], samples=False)
+    without_provenance = write_accuracy(tmp_path / "b", [1, 0], provenance=False)
+    assert load_run(without_samples).unchecked == (
+        f"{without_samples} has no samples file beside it, so its values are not recomputed"
+    )
+    assert load_run(without_provenance).unchecked == (
+        f"{without_provenance} has no provenance beside it, so its values are not recomputed"
+    )
+
+
+def test_a_run_id_of_hex_digits_that_looks_like_a_number_is_read_as_text(tmp_path):
+    path = write_accuracy(tmp_path, [1, 0])
+    for name in (path, path.with_suffix(".json")):
+        name.write_text(name.read_text().replace("net-accuracy", "3e1234567890"))
+    run = load_run(path)
+    assert run.table["run_id"].tolist() == ["3e1234567890"] * 2
