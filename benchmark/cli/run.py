@@ -125,10 +125,16 @@ def run(
         resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std,
     )  # fmt: skip
     check_apart(out, data, loaded.name)
+    # Then the data and the suites' fit to the model's geometry, still without torch for
+    # a built-in model: a wrong folder or a shift larger than the crop is one line now.
+    from aabench.data.folder import open_image_folder
+
+    folder = open_image_folder(data, limit=limit)
+    for suite_object in suite_objects:
+        suite_object.check_geometry(loaded.preprocessing)
 
     from aabench import distributed
     from aabench.checkpoint import CheckpointOptions
-    from aabench.data.folder import open_image_folder
     from aabench.engine import EngineOptions
     from aabench.models.preprocessing import check_views_fit
     from aabench.results.files import check_writable
@@ -147,12 +153,9 @@ def run(
         quiet=quiet or as_json or not world.is_main,
         skip_bad_images=skip_bad_images,
     )
-    folder = open_image_folder(data, limit=limit)
     loaded.build()
-    # Before any image is read: parameters that do not fit the model's crop, or views
-    # its downsampling cannot take, are one line, not a traceback from the first batch.
-    for suite_object in suite_objects:
-        suite_object.check_geometry(loaded.preprocessing)
+    # Before any image is read: views the model's downsampling cannot take are one
+    # line, not a traceback from the first batch.
     check_views_fit(
         suite_objects, loaded.preprocessing, loaded.module, loaded.name, _SIZE_FLAGS.get
     )
