@@ -73,7 +73,7 @@ def damage(draw):
     if kind == "provenance":
         return kind, draw(JSON)
     if kind == "provenance-key":
-        key = draw(st.sampled_from(["data", "dimensions", "run_id", "warnings"]))
+        key = draw(st.sampled_from(PROVENANCE_KEYS))
         return kind, (key, draw(JSON))
     if kind == "samples-column":
         return kind, draw(st.sampled_from(["sample", "correct", "top5_correct", "label"]))
