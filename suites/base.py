@@ -19,7 +19,7 @@ from PIL import Image
 from aabench.data.folder import Sample
 from aabench.errors import UserError
 from aabench.lazy import lazy_module
-from aabench.models.preprocessing import Preprocessing
+from aabench.models.preprocessing import MAX_SIDE, Preprocessing
 
 # Imported on first use: `aabench suites` and argument checks must not wait for torch.
 pd = lazy_module("pandas")
@@ -151,14 +151,27 @@ class Suite(abc.ABC):
         return number
 
     def check_within_crop(self, field: str, preprocessing: Preprocessing) -> None:
-        """A shift or offset ``field`` no larger than the model's crop: larger rolls
-        repeat smaller ones, and larger crops cut views from mostly padding."""
+        """A circular shift ``field`` no larger than the model's crop, the image it rolls:
+        a larger roll only repeats a smaller one."""
         crop = preprocessing.crop_size
         value = getattr(self, field)
         if value > crop:
             raise UserError(
                 f"{self.name} {field}={value} is larger than the model's crop ({crop} px): "
                 f"shifts must fit in the crop; give at most {crop}"
+            )
+
+    def check_side(self, field: str, fixed: int, per_unit: int = 1) -> None:
+        """The square image the views are cut from, ``fixed + per_unit * field`` px (the
+        crop and a margin for the shifts), at most MAX_SIDE: past it that one image takes
+        gigabytes (max_shift=100000 would be 30 GB)."""
+        value = getattr(self, field)
+        side = fixed + per_unit * value
+        if side > MAX_SIDE:
+            raise UserError(
+                f"{self.name} {field}={value} makes the image the views are cut from {side} px "
+                f"square, more than the {MAX_SIDE} px allowed: give {field} at most "
+                f"{(MAX_SIDE - fixed) // per_unit}"
             )
 
     def views_from(

@@ -42,7 +42,7 @@ class DiagonalSuite(Suite):
         self.whole_parameter("max_offset", minimum=1)
 
     def check_geometry(self, preprocessing) -> None:
-        self.check_within_crop("max_offset", preprocessing)
+        self.check_side("max_offset", preprocessing.crop_size)
         super().check_geometry(preprocessing)
 
     def prepare(self, image, preprocessing):

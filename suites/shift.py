@@ -122,7 +122,10 @@ class ShiftSuite(Suite):
             self.whole_parameter(field, minimum=1)
 
     def check_geometry(self, preprocessing) -> None:
-        self.check_within_crop("max_shift", preprocessing)
+        if self.mode == "circular" and self.roll_of == "crop":
+            self.check_within_crop("max_shift", preprocessing)
+        else:  # crops of, or rolls of, the crop plus a max_shift margin
+            self.check_side("max_shift", preprocessing.crop_size)
         super().check_geometry(preprocessing)
 
     def view_size(self, preprocessing) -> int:

@@ -87,8 +87,10 @@ class WorstShiftSuite(Suite):
                 )
 
     def check_geometry(self, preprocessing) -> None:
-        for field in ("max_shift", "m"):
-            self.check_within_crop(field, preprocessing)
+        if self.grid in ("integer", "half"):
+            self.check_within_crop("max_shift", preprocessing)  # circular shifts
+        if self.grid == "crop":
+            self.check_side("m", preprocessing.crop_size, per_unit=2)
         super().check_geometry(preprocessing)
 
     # -- the grid ---------------------------------------------------------------------

@@ -130,8 +130,9 @@ def test_15_crop_too_small_for_the_model(cli, tmp_path, args, line):
     assert files_under(out) == []
 
 
-# 4. Size-like suite parameters bounded by the suite's geometry (shifts fit the crop),
-# counts positive and sane, floats finite: one line before any image is read.
+# 4. Size-like suite parameters bounded by the suite's geometry (circular shifts fit the
+# crop, the image views are cut from at most 4096 px), counts positive and sane (views
+# per image, their bytes), floats finite: one line before any image is read.
 
 
 @pytest.mark.parametrize(
@@ -140,8 +141,8 @@ def test_15_crop_too_small_for_the_model(cli, tmp_path, args, line):
         (
             "shift",
             "max_shift=100000",
-            "shift max_shift=100000 is larger than the model's crop (224 px): shifts must "
-            "fit in the crop; give at most 224",
+            "shift max_shift=100000 makes the image the views are cut from 100224 px "
+            "square, more than the 4096 px allowed: give max_shift at most 3872",
         ),
         ("shift", "max_shift=-3", "shift max_shift must be at least 1, got -3"),
         (
@@ -152,9 +153,9 @@ def test_15_crop_too_small_for_the_model(cli, tmp_path, args, line):
         ),
         (
             "diagonal",
-            "max_offset=225",
-            "diagonal max_offset=225 is larger than the model's crop (224 px): shifts must "
-            "fit in the crop; give at most 224",
+            "max_offset=5000",
+            "diagonal max_offset=5000 makes the image the views are cut from 5224 px "
+            "square, more than the 4096 px allowed: give max_offset at most 3872",
         ),
         (
             "equivariance",
@@ -173,9 +174,9 @@ def test_15_crop_too_small_for_the_model(cli, tmp_path, args, line):
         ("worst-shift", "translations=0", "worst-shift translations must be at least 1, got 0"),
         (
             "worst-shift",
-            "m=300",
-            "worst-shift m=300 is larger than the model's crop (224 px): shifts must fit in "
-            "the crop; give at most 224",
+            "max_shift=300",
+            "worst-shift max_shift=300 is larger than the model's crop (224 px): shifts "
+            "must fit in the crop; give at most 224",
         ),
         ("accuracy", "crop_size=100000", "accuracy crop_size must be at most 4096, got 100000"),
     ],
