@@ -10,11 +10,13 @@ chunk or the final outputs are written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 
 from aabench.cli import main
+from aabench.distributed import _stop_once
 from aabench.runner import TIMING_FIELDS
 from tests.catalogue import snapshot, user_error
 from tests.helpers import GOLDFISH, TENCH, noise_folder
@@ -315,3 +318,82 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_the_lock(
     assert outputs(out) == outputs(setup / "reference")
     assert measurement(out) == measurement(setup / "reference")
     assert not (out / MODEL / ".partial").exists()
+
+
+def test_sigterm_under_torchrun_keeps_every_ranks_images_and_any_world_resumes_them(
+    setup, server, tmp_path
+):
+    """Slurm signals the whole job: torchrun, which forwards SIGTERM to each rank again,
+    and the ranks and their workers. Every rank stops, keeping its checkpoints; rank 0
+    alone says so, in one line; a single process resumes the run to the uninterrupted
+    bytes."""
+    rng = random.Random(SEED + 1)
+    out = tmp_path / "runs"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={port}",
+        "-m", "aabench", *arguments(setup, out),
+    ]  # fmt: skip
+    torchrun = subprocess.Popen(
+        command,
+        cwd=setup,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while {"r0", "r1"} - {name.split(".")[1] for name in chunks(out)}:  # every rank's
+            assert torchrun.poll() is None and time.monotonic() < deadline, "no checkpoints"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        os.killpg(torchrun.pid, signal.SIGTERM)
+        _, stderr = torchrun.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(torchrun.pid, signal.SIGKILL)
+        torchrun.wait()
+    assert stderr.count("aabench: terminated (SIGTERM): ") == 1, stderr  # rank 0's line
+    assert "aabench: error" not in stderr and "internal error" not in stderr, stderr
+    # torchrun's own report of the signal is its only traceback.
+    assert stderr.count("Traceback") == stderr.count("SignalException: Process"), stderr
+    done = checkpointed(out)
+    half = IMAGES_PER_CLASS  # rank 0 evaluates the first half, rank 1 the second
+    assert min(done) < half <= max(done), done
+
+    with Run(setup, out, "--resume", server=server) as process:
+        code, _, stderr = process.wait(300)
+    assert code == 0, stderr
+    assert outputs(out) == outputs(setup / "reference")
+    assert measurement(out) == measurement(setup / "reference")
+    provenance = json.loads((out / MODEL / "shift.json").read_text())
+    assert provenance["resumed_images"] == len(done)
+    assert [session["world_size"] for session in provenance["earlier_sessions"]] == [2]
+
+
+def test_a_rank_acts_on_the_first_stop_signal_only():
+    """torchrun forwards the signal a rank already had from the terminal or Slurm: the
+    second must not interrupt the saving the first one started."""
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        signal.signal(signal.SIGUSR1, _stop_once(stop))
+        with pytest.raises(Stop):
+            signal.raise_signal(signal.SIGUSR1)
+        signal.raise_signal(signal.SIGUSR1)  # ignored
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        signal.signal(signal.SIGUSR1, _stop_once(signal.SIG_DFL))  # no handler of its own
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGUSR1)
+    finally:
+        signal.signal(signal.SIGUSR1, before)
