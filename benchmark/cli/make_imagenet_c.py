@@ -7,8 +7,12 @@ from pathlib import Path
 
 import typer
 
+from aabench.checks import printable
 from aabench.cli.app import (
+    INTERRUPTED,
     JSON,
+    TERMINATED,
+    Terminated,
     command,
 )
 from aabench.errors import UserError
@@ -40,16 +44,19 @@ def make_imagenet_c(
         raise UserError("--data is required: pass the ImageNet val folder (<root>/<wnid>/<image>)")
     if out is None:
         raise UserError("--out is required: pass the directory to write ImageNet-C into")
-    manifest = generate(
-        data,
-        out,
-        corruptions=parse_corruptions(corruptions),
-        severities=parse_severities(severities),
-        limit=limit,
-        workers=workers,
-        seed=seed,
-        quiet=quiet or as_json,
-    )
+    try:
+        manifest = generate(
+            data,
+            out,
+            corruptions=parse_corruptions(corruptions),
+            severities=parse_severities(severities),
+            limit=limit,
+            workers=workers,
+            seed=seed,
+            quiet=quiet or as_json,
+        )
+    except KeyboardInterrupt as stop:
+        raise _stopped(stop, out) from None
     if as_json:
         typer.echo(json.dumps(manifest, indent=1))
         return
@@ -59,3 +66,20 @@ def make_imagenet_c(
         f"cell(s) in {manifest['seconds']:.1f} s ({manifest['images_per_second']:.2f} images/s, "
         f"{manifest['files_per_second']:.1f} files/s)"
     )
+
+
+def _stopped(stop: KeyboardInterrupt, out: Path) -> SystemExit:
+    """Ctrl-C or SIGTERM: one line of this command's own (it has no --resume: the same
+    command continues), and the shell's exit code for the signal."""
+    from aabench.data.make_imagenet_c import RERUN, WorkersTerminated
+
+    if isinstance(stop, (Terminated, WorkersTerminated)):
+        what, code = "terminated (SIGTERM)", TERMINATED
+    else:
+        what, code = "interrupted", INTERRUPTED
+    line = (
+        f"aabench: {what}: make-imagenet-c stopped; the files already written under "
+        f"{printable(out)} are whole and kept: {RERUN}"
+    )
+    typer.echo(line, err=True)
+    return SystemExit(code)

@@ -155,6 +155,25 @@ def test_a_crashed_run_leaves_whole_files_and_resumes(data, reference, tmp_path,
     assert hashes(out) == hashes(reference[0])
 
 
+def test_a_rerun_remakes_files_cut_short_and_clears_stale_temporaries(reference, data, tmp_path):
+    source, _ = reference
+    out = tmp_path / "c"
+    shutil.copytree(source, out)
+    before = hashes(out)
+    cell = out / "impulse_noise" / "1" / TENCH
+    cut = cell / "img0.JPEG"  # the machine crashed before the end of the file reached disk
+    cut.write_bytes(cut.read_bytes()[:-300])
+    (cell / "img1.JPEG").write_bytes(b"")
+    garbage = out / "brightness" / "3" / TABBY / "img0.JPEG"
+    garbage.write_bytes(b"\xff\xd8 not a whole JPEG")
+    stale = cell / ".img0.JPEG.12345.tmp"  # a worker killed outright mid-write
+    stale.write_bytes(b"\xff\xd8 half")
+    manifest = generate(data, out)
+    assert (manifest["written"], manifest["skipped"]) == (3, 21)
+    assert hashes(out) == before
+    assert not stale.exists()
+
+
 def test_a_failed_write_leaves_nothing(tmp_path):
     path = tmp_path / "a" / "b.JPEG"
     with pytest.raises(TypeError):
