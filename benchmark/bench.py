@@ -179,7 +179,7 @@ def forward_only(
     """The model alone on a resident, already normalised batch, until ``deadline``."""
     prepared = PreparedModel(model, device, options)
     size = model.preprocessing.crop_size
-    with _fitting(options.batch_size, size, device):
+    with _fitting(options.batch_size, device):
         return _forward_until(prepared, size, device, options, deadline, tick)
 
 
@@ -283,21 +283,25 @@ def end_to_end(
 
 
 @contextmanager
-def _fitting(batch_size: int, size: int, device: torch.device) -> Iterator[None]:
-    """The forward-only phase holds one batch of ``batch_size`` inputs: a batch larger
-    than the device's whole memory is refused before it is allocated, and one that runs
-    out of memory on the way is the same one line, naming --batch-size."""
-    needed = batch_size * 3 * size * size * 4  # float32 inputs, before any activation
-    memory = _memory_of(device)
-    if memory is not None and needed > memory:
-        why = f"its {size} x {size} inputs alone need {_gigabytes(needed)}"
-        raise _too_large(batch_size, size, device, why)
+def _fitting(batch_size: int, device: torch.device) -> Iterator[None]:
+    """A forward-only batch that runs out of memory is one line naming --batch-size."""
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if not isinstance(error, torch.OutOfMemoryError) and not _out_of_memory(error):
             raise
-        raise _too_large(batch_size, size, device, "it ran out of memory") from None
+        raise _too_large(batch_size, device, "it ran out of memory") from None
+
+
+def check_batch_fits(batch_size: int, size: int, device: torch.device) -> None:
+    """The forward-only phase holds one batch of ``batch_size`` inputs: a batch larger
+    than the device's whole memory is refused before anything runs (allocating it would
+    fail, or on Linux be killed by the kernel's out-of-memory killer)."""
+    needed = batch_size * 3 * size * size * 4  # float32 inputs, before any activation
+    memory = _memory_of(device)
+    if memory is not None and needed > memory:
+        why = f"its {size} x {size} inputs alone need {_gigabytes(needed)}"
+        raise _too_large(batch_size, device, why)
 
 
 def _out_of_memory(error: RuntimeError) -> bool:
@@ -321,7 +325,7 @@ def _gigabytes(count: int) -> str:
     return f"{count / 2**30:.3g} GiB"
 
 
-def _too_large(batch_size: int, size: int, device: torch.device, why: str) -> UserError:
+def _too_large(batch_size: int, device: torch.device, why: str) -> UserError:
     memory = _memory_of(device)
     of = f"{_gigabytes(memory)} of memory; " if memory is not None else ""
     return UserError(
@@ -350,6 +354,7 @@ def bench(
     progress on stderr unless ``quiet``."""
     check_budget(seconds, images)
     device = resolve_device(options.device)
+    check_batch_fits(options.batch_size, model.preprocessing.crop_size, device)
     folder = repeat_to(folder, images)
     engine_options = replace(options, quiet=True, skip_bad_images=False)
     share = seconds / len(PHASES)
