@@ -275,9 +275,12 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
 def _broken(executor: ProcessPoolExecutor) -> BaseException:
     """What a broken pool means, from how its workers ended."""
     codes = {process.exitcode for process in _worker_processes(executor)} - {None, 0}
-    if codes & {STOPPED, -signal.SIGTERM}:
+    # The pool sends SIGTERM to the workers left once one has died: only a pool whose
+    # workers all ended by SIGTERM was terminated (Slurm, docker stop signal them all).
+    deaths = codes - {STOPPED, -signal.SIGTERM}
+    if codes and not deaths:
         return WorkersTerminated()
-    how = ", ".join(sorted(_ending(code) for code in codes)) or "without a word"
+    how = ", ".join(sorted(_ending(code) for code in deaths)) or "without a word"
     return WorkerDied(
         f"a make-imagenet-c worker process died ({how}: out of memory, or killed from "
         f"outside); {KEPT}: {RERUN}"

@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -256,3 +257,29 @@ def test_cli_errors_are_one_line_with_exit_2(cli, data, reference, extra, messag
     assert len(stderr.strip().splitlines()) == 1
     assert stderr.startswith("aabench: error: ")
     assert message in stderr
+
+
+@pytest.mark.parametrize(
+    ("exit_codes", "how"),
+    [
+        ((-9, 143), "killed by SIGKILL"),
+        ((None, -11), "killed by SIGSEGV"),
+        ((1, 0), "exit code 1"),
+        ((143, -15), None),
+    ],
+    ids=["one-killed-the-rest-stopped", "segfault", "exit-1", "all-terminated"],
+)
+def test_a_broken_pool_says_how_its_workers_ended(exit_codes, how):
+    # The pool SIGTERMs the workers left once one has died: their 143 must not hide it.
+    executor = SimpleNamespace(
+        _processes={pid: SimpleNamespace(exitcode=code) for pid, code in enumerate(exit_codes)}
+    )
+    error = module._broken(executor)
+    if how is None:  # every worker SIGTERMed: Slurm or docker stop signalled them all
+        assert type(error) is module.WorkersTerminated
+        return
+    assert (type(error), error.exit_code) == (module.WorkerDied, 3)
+    assert str(error) == (
+        f"a make-imagenet-c worker process died ({how}: out of memory, or killed from "
+        f"outside); the files already written are whole and kept: {module.RERUN}"
+    )
