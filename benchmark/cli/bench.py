@@ -42,8 +42,9 @@ def bench_command(
     images: int = typer.Option(
         64,
         "--images",
-        help="At most this many images (the data cycled) for the pipeline-only and "
-        "end-to-end phases; a phase that reaches its deadline first stops there.",
+        help="At most this many images (the data cycled; 1 to 1000000) for the "
+        "pipeline-only and end-to-end phases; a phase that reaches its deadline first "
+        "stops there.",
     ),
     seconds: float = typer.Option(
         10.0,

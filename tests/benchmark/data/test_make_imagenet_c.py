@@ -241,6 +241,9 @@ def test_cli_writes_and_summarises(cli, data, tmp_path):
         (["--data", "DOES-NOT-EXIST"], "does not exist"),
         (["--data", None], "--data is required"),
         (["--seed", "5"], "seed 0 there, 5 now"),
+        (["--seed", "-1"], "--seed must be in 0 .. 2**63-1, got -1"),
+        (["--workers", "-2"], "--workers must be 0 or more, got -2"),
+        (["--workers", "100000"], "--workers must be at most"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(cli, data, reference, extra, message):
