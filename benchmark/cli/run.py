@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -127,11 +128,18 @@ def run(
     check_apart(out, data, loaded.name)
     # Then the data and the suites' fit to the model's geometry, still without torch for
     # a built-in model: a wrong folder or a shift larger than the crop is one line now.
+    # Under torchrun only after the ranks have met, so that one rank's bad data stops
+    # them all instead of leaving the others waiting to meet it.
     from aabench.data.folder import open_image_folder
 
-    folder = open_image_folder(data, limit=limit)
-    for suite_object in suite_objects:
-        suite_object.check_geometry(loaded.preprocessing)
+    def open_and_check():
+        opened = open_image_folder(data, limit=limit)
+        for suite_object in suite_objects:
+            suite_object.check_geometry(loaded.preprocessing)
+        return opened
+
+    alone = os.environ.get("WORLD_SIZE", "1") == "1"
+    folder = open_and_check() if alone else None
 
     from aabench import distributed
     from aabench.checkpoint import CheckpointOptions
@@ -142,6 +150,8 @@ def run(
 
     # Under torchrun, an error from here on stops every rank together.
     world = distributed.start(device)
+    if folder is None:
+        folder = open_and_check()
     checkpoints = CheckpointOptions(resume=resume, restart=restart, every=checkpoint_every)
     options = EngineOptions(
         device=world.device,
