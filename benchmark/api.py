@@ -247,7 +247,7 @@ def in_memory_model(
 
         path, record = _user_weights(weights)
         with torch.inference_mode(False), torch.no_grad():
-            load_strict(module, read_state_dict(path), f"model {label}")
+            load_strict(module, read_state_dict(path, record.sha256), f"model {label}")
     spec = ModelSpec(name=label, family="python", arch=type(module).__name__)
     return LoadedModel(
         spec=spec,

@@ -144,7 +144,7 @@ def test_run_argument_errors_import_no_torch(tmp_path, args, words):
         (["--model", "nosuch"], ["unknown model 'nosuch'"]),
         (["--model", "resnet18", "--suite", "shfit"], ["unknown suite 'shfit'"]),
         (["--model", "resnet18", "--set", "nosuch=1"], ["unknown --set key nosuch"]),
-        (["--model", "resnet18", "--seconds", "0"], ["--seconds must be a positive"]),
+        (["--model", "resnet18", "--seconds", "0"], ["--seconds must be more than 0"]),
     ],
     ids=["model", "suite", "set-key", "seconds"],
 )
