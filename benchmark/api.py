@@ -92,6 +92,7 @@ def evaluate(
     amp: str = "off",
     channels_last: bool = False,
     compile: bool = False,
+    blurpool: str = "auto",
     quiet: bool = True,
     skip_bad_images: bool = False,
     **suite_params,
@@ -147,6 +148,7 @@ def evaluate(
         amp=amp,
         channels_last=channels_last,
         compile=compile,
+        blurpool=blurpool,
         quiet=quiet or not world.is_main,
         skip_bad_images=skip_bad_images,
     )

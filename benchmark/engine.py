@@ -39,8 +39,11 @@ from torch.utils.data import DataLoader, Dataset
 from aabench.checks import printable
 from aabench.data.folder import ImageFolder
 from aabench.errors import UserError
+from aabench.models.blurpool import FORMS as BLURPOOL_FORMS
+from aabench.models.blurpool import use_form
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import RANK_COLUMNS, Suite
+from aabench.transfer import PendingOutputs, StagingRing
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Per-view outputs the engine computes for every suite.
@@ -57,6 +60,7 @@ class EngineOptions:
     compile: bool = False
     quiet: bool = False
     skip_bad_images: bool = False
+    blurpool: str = "auto"  # BlurPool's form: auto = the fastest measured for the device
 
     def __post_init__(self):
         if self.amp not in AMP_DTYPES:
@@ -65,6 +69,11 @@ class EngineOptions:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"--workers must be 0 or more, got {self.workers}")
+        if self.blurpool not in ("auto", *BLURPOOL_FORMS):
+            raise UserError(
+                f"--blurpool must be auto or one of {', '.join(BLURPOOL_FORMS)}, "
+                f"got {self.blurpool!r}"
+            )
 
     def uses_channels_last(self, device: torch.device) -> bool:
         if self.channels_last is None:
@@ -358,6 +367,8 @@ class PreparedModel:
         self.amp_dtype = AMP_DTYPES[options.amp]
         self.channels_last = options.uses_channels_last(device)
         module = model.module.to(device).eval()
+        # After the weights are loaded: whether a form computes a filter depends on it.
+        self.blurpool = use_form(module, options.blurpool, device, self.channels_last)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = torch.compile(module) if options.compile else module
@@ -368,26 +379,16 @@ class PreparedModel:
         pre = model.preprocessing
         self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
-        self._staging: torch.Tensor | None = None
+        # Uploads in flight while passes run: one per pass the host may run ahead, and
+        # the one being filled.
+        self._staging = StagingRing(device, slots=OUTPUT_DEPTH + 1)
 
     def upload(self, views: torch.Tensor) -> torch.Tensor:
-        """Views on the device. To a GPU they go through one reused pinned buffer:
-        pinning every image's views as it arrives (DataLoader's pin_memory) costs a
-        pinned allocation per image, which made a 10-view suite 4x slower on an H100."""
-        if self.device.type != "cuda":
-            return views.to(self.device)
-        count = views.numel()
-        if (
-            self._staging is None
-            or self._staging.numel() < count
-            or self._staging.dtype != views.dtype
-        ):
-            self._staging = torch.empty(count, dtype=views.dtype).pin_memory()
-        staging = self._staging[:count].view(views.shape)
-        staging.copy_(views)
-        # Safe to reuse next call: reduce() reads its outputs back, which waits for
-        # this copy to finish.
-        return staging.to(self.device, non_blocking=True)
+        """Views on the device. To a GPU they go through a ring of reused pinned buffers
+        on an upload stream of their own (transfer.StagingRing): pinning every image's
+        views as it arrives (DataLoader's pin_memory) costs a pinned allocation per
+        image, which made a 10-view suite 4x slower on an H100."""
+        return self._staging.upload(views)
 
     def inputs(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views -> the model's normalised input on the device."""
@@ -424,7 +425,6 @@ class PreparedModel:
     def logits(self, views: torch.Tensor) -> torch.Tensor:
         return self.forward(self.inputs(views)).float()
 
-    @torch.inference_mode()
     def reduce(
         self,
         views: torch.Tensor,
@@ -432,12 +432,28 @@ class PreparedModel:
         info: dict | None = None,
         normalised: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Per-view outputs of one pass; ``info``: each view's image position and the
-        suite's metadata, given to a suite's own reduction. ``normalised``: ``views`` are
-        already the model's input on the device (made there by the suite)."""
+        """Per-view outputs of one pass, on the host."""
+        return self.reduce_later(views, labels, info, normalised).result()
+
+    @torch.inference_mode()
+    def reduce_later(
+        self,
+        views: torch.Tensor,
+        labels: torch.Tensor,
+        info: dict | None = None,
+        normalised: bool = False,
+    ) -> PendingOutputs:
+        """Per-view outputs of one pass, on their way to the host: the pass is queued on
+        the device and this returns without waiting for it. ``info``: each view's image
+        position and the suite's metadata, given to a suite's own reduction.
+        ``normalised``: ``views`` are already the model's input on the device (made
+        there by the suite)."""
         x = views if normalised else self.inputs(views)
+        count = int(x.shape[0])
         if self.reduction is not None:
-            return self.reduction(self.forward, x, labels.to(self.device), info)
+            return PendingOutputs(
+                self.reduction(self.forward, x, labels.to(self.device), info), count
+            )
         logits = self.forward(x).float()
         labels = labels.to(self.device)
         probs = logits.softmax(dim=1)
@@ -463,7 +479,7 @@ class PreparedModel:
         }
         if self.ranks:
             outputs["ranks"] = top5
-        return {key: value.cpu().numpy() for key, value in outputs.items()}
+        return PendingOutputs(outputs, count)
 
 
 def evaluate(
@@ -519,7 +535,7 @@ def evaluate(
             unfinished = [p for p in (batcher.first_unfinished(), upcoming) if p is not None]
             cut = int(min(unfinished)) // block * block if unfinished else None
         ready = {p: text for p, text in skipped.items() if cut is None or p < cut}
-        part = batcher.take_finished(ready, before=cut)
+        part = batcher.take_finished(ready, before=cut, wait=final)
         for position in ready:
             del skipped[position]
         if folded:
@@ -613,6 +629,10 @@ def batch_too_large(error: BaseException) -> bool:
 # forward-only rate; with 2 it reached 0.50.
 GPU_MAIN_THREADS = 2
 
+# Passes whose outputs may still be on their way back while the host prepares the
+# next: the device is never idle waiting for the host, and pinned memory stays bounded.
+OUTPUT_DEPTH = 2
+
 
 @contextlib.contextmanager
 def _main_threads(device: torch.device):
@@ -670,7 +690,8 @@ class _ViewBatcher:
         self.item_positions: list[int] = []
         self.view_index: list[np.ndarray] = []
         self.meta: list[dict[str, np.ndarray]] = []
-        self.outputs: list[dict[str, np.ndarray]] = []
+        # Passes' outputs in view order; on a GPU the newest are still on their way.
+        self.outputs: list[PendingOutputs] = []
         self.halvings: list[int] = []  # batch sizes after each out-of-memory retry
 
     def add(self, item: dict, label: int) -> None:
@@ -721,7 +742,7 @@ class _ViewBatcher:
         labels: torch.Tensor,
         info: dict | None = None,
         normalised: bool = False,
-    ) -> dict:
+    ) -> list[PendingOutputs]:
         """Reduce in chunks of ``batch_size``; on CUDA out-of-memory halve it and retry.
 
         Outputs do not depend on the chunking (eval mode: every view is independent), so
@@ -732,8 +753,8 @@ class _ViewBatcher:
         chunk = self.batch_size if self.halvings else max(1, views.shape[0])
         while True:
             try:
-                parts = [
-                    self.model.reduce(
+                return [
+                    self.model.reduce_later(
                         views[i : i + chunk],
                         labels[i : i + chunk],
                         None
@@ -743,7 +764,6 @@ class _ViewBatcher:
                     )
                     for i in range(0, views.shape[0], chunk)
                 ]
-                return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
             except (torch.OutOfMemoryError, RuntimeError) as error:
                 if not batch_too_large(error):
                     raise
@@ -786,9 +806,14 @@ class _ViewBatcher:
             }
             rest_info = {key: value[count:] for key, value in info.items()}
             info = {key: value[:count] for key, value in info.items()}
-        self.outputs.append(
+        self.outputs.extend(
             self._reduce_halving(views, labels[:count], info, normalised=normalised)
         )
+        # The host runs at most OUTPUT_DEPTH passes ahead of the device: older outputs
+        # are read now (on a GPU long finished by then), which bounds pinned memory.
+        unread = [output for output in self.outputs if not output.read]
+        for output in unread[: max(0, len(unread) - OUTPUT_DEPTH)]:
+            output.result()
         rest = self.pending_count - count
         if info is not None:
             self.pending_info = [rest_info] if rest else []
@@ -800,9 +825,14 @@ class _ViewBatcher:
         return count
 
     def _finished_items(self, before: int | None = None) -> tuple[int, int]:
-        """(images, views) of the queue's first images whose every view has run (and
-        whose position is below ``before``)."""
-        done = sum(_view_count(output) for output in self.outputs)
+        """(images, views) of the queue's first images whose every view has run and
+        come back to the host (and whose position is below ``before``). Outputs still
+        on their way are not waited for: their images are taken next time."""
+        done = 0
+        for output in self.outputs:
+            if not output.ready():
+                break
+            done += output.count
         items = views = 0
         while items < len(self.positions) and views + len(self.positions[items]) <= done:
             if before is not None and self.item_positions[items] >= before:
@@ -816,18 +846,28 @@ class _ViewBatcher:
         items, _ = self._finished_items()
         return self.item_positions[items] if items < len(self.item_positions) else None
 
-    def take_finished(self, skipped: dict[int, str], before: int | None = None) -> Part:
+    def take_finished(
+        self, skipped: dict[int, str], before: int | None = None, wait: bool = False
+    ) -> Part:
         """The images whose every view has run (and whose position is below ``before``),
-        plus ``skipped``, removed from the queue."""
-        done = sum(_view_count(output) for output in self.outputs)
+        plus ``skipped``, removed from the queue; ``wait``: for every pass's outputs
+        (at the end), not only those already back."""
+        if wait:
+            for output in self.outputs:
+                output.result()
         items, views = self._finished_items(before)
         outputs = []
         if views:
-            keys = self.outputs[0]
-            merged = {key: np.concatenate([o[key] for o in self.outputs]) for key in keys}
+            taken, covered = [], 0
+            while covered < views:
+                output = self.outputs.pop(0)
+                taken.append(output.result())
+                covered += output.count
+            merged = {key: np.concatenate([o[key] for o in taken]) for key in taken[0]}
             outputs = [{key: value[:views] for key, value in merged.items()}]
-            rest = {key: value[views:] for key, value in merged.items()}
-            self.outputs = [rest] if views < done else []
+            if covered > views:  # an image's views continue in the rest of that pass
+                rest = {key: value[views:] for key, value in merged.items()}
+                self.outputs.insert(0, PendingOutputs(rest, covered - views))
         positions, self.positions = self.positions[:items], self.positions[items:]
         view_index, self.view_index = self.view_index[:items], self.view_index[items:]
         meta, self.meta = self.meta[:items], self.meta[items:]
@@ -899,10 +939,6 @@ class _DeviceSource:
         """The metadata of the next ``count`` views, which leave the queue."""
         start, self.done, self.left = self.done, self.done + count, self.left - count
         return {key: value[start : self.done] for key, value in self.meta.items()}
-
-
-def _view_count(output: dict[str, np.ndarray]) -> int:
-    return len(next(iter(output.values()))) if output else 0
 
 
 class _RateColumn(ProgressColumn):

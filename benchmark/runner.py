@@ -32,6 +32,7 @@ from aabench.data.sources import source_for
 from aabench.distributed import World
 from aabench.engine import EngineOptions, Hooks, Part, block_size, evaluate, resolve_device
 from aabench.errors import UserError
+from aabench.models.blurpool import use_form
 from aabench.models.weights import RANDOM_WEIGHTS_WARNING, WeightsRecord
 from aabench.models.zoo import LoadedModel
 from aabench.results.files import json_writer, table_writer, write_together
@@ -217,6 +218,7 @@ def _run_suite(
         "batch_size": options.batch_size,
         "channels_last": options.uses_channels_last(device),
         "compile": options.compile,
+        "blurpool": blurpool_forms(model, options, device),
     }
     partial = (
         PartialRun(partial_directory(out, model.name, suite.name), identity, world.rank, session)
@@ -295,6 +297,8 @@ def _run_suite(
         "amp": options.amp,
         "channels_last": options.uses_channels_last(device),
         "compile": options.compile,
+        # BlurPool's form per module count ({"reference": 11}): what computed the numbers.
+        "blurpool": blurpool_forms(model, options, device),
         "batch_size": options.batch_size,
         "batch_size_halvings": [size for _, _, halvings in ranks for size in halvings],
         "workers": options.worker_count,
@@ -351,3 +355,8 @@ def check_unfinished(
         partial.check(checkpoints.resume, checkpoints.restart)
         if checkpoints.resume:
             partial.verify(suite_folder.samples)
+
+
+def blurpool_forms(model: LoadedModel, options: EngineOptions, device) -> dict[str, int]:
+    """The form each BlurPool of the model computes in (as the engine sets them)."""
+    return use_form(model.module, options.blurpool, device, options.uses_channels_last(device))

@@ -52,6 +52,12 @@ CHANNELS_LAST = typer.Option(
     None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
 )
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
+BLURPOOL = typer.Option(
+    "auto",
+    "--blurpool",
+    help="BlurPool's form: auto (the fastest measured for the device), reference, "
+    "separable or cascade; all give the same outputs to float rounding.",
+)
 SET = typer.Option([], "--set", help="Override a suite parameter: --set key=value (repeatable).")
 JSON = typer.Option(False, "--json", help="Print JSON for machines.")
 WEIGHTS_URL = typer.Option(

@@ -9,6 +9,7 @@ import typer
 from aabench.cli.app import (
     AMP,
     BATCH_SIZE,
+    BLURPOOL,
     CHANNELS_LAST,
     COMPILE,
     CROP,
@@ -59,6 +60,7 @@ def bench_command(
     amp: str = AMP,
     channels_last: bool = CHANNELS_LAST,
     compile_model: bool = COMPILE,
+    blurpool: str = BLURPOOL,
     assignments: list[str] = SET,
     as_json: bool = JSON,
     weights_url: str = WEIGHTS_URL,
@@ -100,6 +102,7 @@ def bench_command(
         amp=amp,
         channels_last=channels_last,
         compile=compile_model,
+        blurpool=blurpool,
     )
     loaded.build()
     folder = open_image_folder(data)

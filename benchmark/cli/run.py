@@ -15,6 +15,7 @@ from aabench.checks import printable
 from aabench.cli.app import (
     AMP,
     BATCH_SIZE,
+    BLURPOOL,
     CHANNELS_LAST,
     COMPILE,
     CROP,
@@ -58,6 +59,7 @@ def run(
     amp: str = AMP,
     channels_last: bool = CHANNELS_LAST,
     compile_model: bool = COMPILE,
+    blurpool: str = BLURPOOL,
     limit: int = typer.Option(None, "--limit", help="Evaluate a deterministic subset of N."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
     assignments: list[str] = SET,
@@ -160,6 +162,7 @@ def run(
         amp=amp,
         channels_last=channels_last,
         compile=compile_model,
+        blurpool=blurpool,
         quiet=quiet or as_json or not world.is_main,
         skip_bad_images=skip_bad_images,
     )

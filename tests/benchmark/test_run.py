@@ -185,3 +185,28 @@ def test_user_errors_exit_2_with_one_line(cli, tmp_path, args, message):
     assert "Traceback" not in err
     assert stdout == ""
     assert not out.exists()
+
+
+def test_every_blurpool_form_gives_the_same_table_and_is_recorded(cli, tmp_path):
+    """The forms compute the same blur + subsample: the tables are equal, and each
+    run's provenance says which form computed its numbers."""
+    tables = {}
+    for form in ("reference", "separable", "cascade", "auto"):
+        out = tmp_path / form
+        code, _, err = cli(
+            "run", *MODEL, "--suite", "accuracy", "--device", "cpu", "--workers", "0",
+            "--quiet", "--blurpool", form, "--out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        provenance = json.loads((out / "resnet18_aa" / "accuracy.json").read_text())
+        chosen = "reference" if form == "auto" else form  # the CPU's measured fastest
+        assert provenance["blurpool"] == {chosen: 7}  # resnet18_aa has 7 BlurPools
+        tables[form] = pd.read_csv(out / "resnet18_aa" / "accuracy.csv")[["metric", "value"]]
+    for form, table in tables.items():
+        pd.testing.assert_frame_equal(table, tables["reference"], obj=form)
+    bad = tmp_path / "bad"
+    code, _, err = cli(
+        "run", *MODEL, "--suite", "accuracy", "--blurpool", "fast", "--quiet", "--out", str(bad)
+    )  # fmt: skip
+    assert code == 2 and "--blurpool must be auto or one of reference, separable, cascade" in err
+    assert not bad.exists()
