@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ from rich.progress import (
 from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
+from aabench import checks
 from aabench.checks import printable
 from aabench.data.folder import ImageFolder
 from aabench.errors import UserError
@@ -67,8 +69,8 @@ class EngineOptions:
             raise UserError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise UserError(f"--workers must be 0 or more, got {self.workers}")
+        if self.workers is not None:
+            checks.workers(self.workers)
         if self.blurpool not in ("auto", *BLURPOOL_FORMS):
             raise UserError(
                 f"--blurpool must be auto or one of {', '.join(BLURPOOL_FORMS)}, "
@@ -316,7 +318,19 @@ def _worker_init(_: int) -> None:
     for number in STOP_SIGNALS:
         signal.signal(number, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _die_with_the_main_process()
     sys.excepthook = _quiet_when_the_main_process_hangs_up(sys.excepthook)
+
+
+def _die_with_the_main_process() -> None:
+    """A worker ignores the stop signals, so if the main process dies without ending it
+    (kill -9, or killed while it was still starting workers) nothing else would: on
+    Linux the kernel kills the worker when its parent dies (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 def _quiet_when_the_main_process_hangs_up(hook):

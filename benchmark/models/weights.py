@@ -527,7 +527,7 @@ def resolve_user_weights(spec: str, known_file_names: frozenset[str]) -> tuple[P
     users' own names like ``model-20240101.pth`` are not hashes.
     """
     if urlparse(spec).scheme in ("http", "https"):
-        return resolve_user_url(spec)
+        return resolve_user_url(spec, known_file_names)
     path = Path(spec).expanduser()
     hash_prefix = expected_hash_prefix(path) if path.name in known_file_names else None
     return path, verified_sha256(path, hash_prefix)
@@ -539,16 +539,17 @@ def url_file_name(url: str) -> str | None:
     return name if _SAFE_FILE_NAME.match(name) else None
 
 
-def resolve_user_url(url: str) -> tuple[Path, str]:
+def resolve_user_url(url: str, known_file_names: frozenset[str] = frozenset()) -> tuple[Path, str]:
     """The local file of a ``--weights URL`` and its SHA-256, downloading it if needed.
 
-    A file name with a hash prefix is torch.hub's convention: it is looked up, and
-    downloaded, by that name in the cache, its content checked against the prefix.
-    Any other URL is looked up in the URL index (the content it gave last time, checked
-    against its SHA-256), else downloaded into the content store.
+    The name of a known release file (``name-<hash prefix>.pth``, torch.hub's
+    convention) is looked up, and downloaded, by that name in the cache, its content
+    checked against the prefix. Any other URL — users' own names like
+    ``model-20240101.pth`` are not hashes — is looked up in the URL index (the content it
+    gave last time, checked against its SHA-256), else downloaded into the content store.
     """
     name = url_file_name(url)
-    hash_prefix = expected_hash_prefix(name) if name else None
+    hash_prefix = expected_hash_prefix(name) if name in known_file_names else None
     if hash_prefix:
         named = cache_dir() / name
         if _present(named):

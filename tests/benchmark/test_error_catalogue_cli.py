@@ -29,7 +29,8 @@ from tests.catalogue import FAST, files_under, user_error
     ],
     ids=["missing", "unknown-option", "not-an-integer", "unknown-command", "gate-missing"],
 )
-def test_usage_errors_are_one_line_with_exit_2(cli, tmp_path, args, words):
+def test_usage_errors_are_one_line_with_exit_2(cli, tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)  # `run` writes to ./runs by default: nothing may appear
     user_error(cli(*args), *words)
     assert files_under(tmp_path) == []
 

@@ -604,24 +604,27 @@ def test_whole_reason_keeps_every_line_of_a_multi_line_error():
     assert whole_reason(error) == "Error(s) in loading state_dict for Net: size mismatch for fc."
 
 
-def test_user_url_is_downloaded_into_cache(tmp_path, cache, network):
+def test_user_url_is_kept_by_content_whatever_its_name_looks_like(tmp_path, cache, network):
+    """A user's name like ``model-20240101.pth`` is not a hash claim: the file is kept
+    in the content store and not downloaded again."""
     blob = checkpoint_bytes(tmp_path)
     digest = hashlib.sha256(blob).hexdigest()
-    url = f"{HOST}mine-{digest[:8]}.pth"
+    url = f"{HOST}model-20240101.pth"
     network.serve(url, blob)
-    assert resolve_user_weights(url, frozenset()) == (cache / f"mine-{digest[:8]}.pth", digest)
+    stored = cache / "aabench" / "sha256" / digest / "model-20240101.pth"
+    assert resolve_user_weights(url, frozenset()) == (stored, digest)
     assert network.calls == [url]
-    # cached now: no second download
-    assert resolve_user_weights(url, frozenset()) == (cache / f"mine-{digest[:8]}.pth", digest)
+    assert resolve_user_weights(url, frozenset()) == (stored, digest)
     assert network.calls == [url]
 
 
-def test_user_url_with_wrong_hash_is_refused(tmp_path, cache, network):
+def test_a_release_file_name_by_url_is_checked_against_its_hash(tmp_path, cache, network):
     blob = checkpoint_bytes(tmp_path)
-    url = f"{HOST}mine-{wrong_prefix(blob)}.pth"
+    name = f"resnet18_lpf4_finetune-{wrong_prefix(blob)}.pth"
+    url = f"{HOST}{name}"
     network.serve(url, blob)
     with pytest.raises(UserError, match="tampered"):
-        resolve_user_weights(url, frozenset())
+        resolve_user_weights(url, frozenset({name}))
     assert listing(cache) == []
 
 
