@@ -674,7 +674,7 @@ def test_10_disk_full_leaves_no_partial_file_and_earlier_outputs_intact(
 def test_11_ctrl_c_inside_the_engine_keeps_finished_suites(cli, tmp_path, monkeypatch):
     from aabench import engine
 
-    real_reduce = engine.PreparedModel.reduce
+    real_reduce = engine.PreparedModel.reduce_later
     models = []
 
     def interrupt_the_second_suite(self, *args, **kwargs):
@@ -684,7 +684,7 @@ def test_11_ctrl_c_inside_the_engine_keeps_finished_suites(cli, tmp_path, monkey
             raise KeyboardInterrupt
         return real_reduce(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.PreparedModel, "reduce", interrupt_the_second_suite)
+    monkeypatch.setattr(engine.PreparedModel, "reduce_later", interrupt_the_second_suite)
     out = tmp_path / "runs"
     code, _, err = cli(
         "run", *TINY, "--suite", "accuracy,shift", "--set", "epochs=1", "--limit", "2",
@@ -706,7 +706,7 @@ def test_11_ctrl_c_inside_the_engine_keeps_finished_suites(cli, tmp_path, monkey
 
     # --resume keeps the finished suite as it is and runs the interrupted one.
     finished = snapshot(out)
-    monkeypatch.setattr(engine.PreparedModel, "reduce", real_reduce)
+    monkeypatch.setattr(engine.PreparedModel, "reduce_later", real_reduce)
     code, _, err = cli(
         "run", *TINY, "--suite", "accuracy,shift", "--set", "epochs=1", "--limit", "2",
         "--out", str(out), "--resume",
