@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -303,10 +304,14 @@ def test_15_make_imagenet_c_dead_worker_is_one_line_not_a_hang(cli, data, refere
     process = start_faulty(data, out, 2, "kill", tmp_path)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 3, stderr
-    assert stderr == (
-        "aabench: error: a make-imagenet-c worker process died (killed by SIGKILL: out of "
-        f"memory, or killed from outside); the files already written are whole and kept: {RERUN}\n"
-    )
+    # The killed worker, or a sibling that the broken pool ended first (exit code 255):
+    # which death the pool reports first is a race; either is named, in one line.
+    assert re.fullmatch(
+        r"aabench: error: a make-imagenet-c worker process died \((killed by SIGKILL|exit "
+        r"code \d+): out of memory, or killed from outside\); the files already written are "
+        rf"whole and kept: {re.escape(RERUN)}\n",
+        stderr,
+    ), stderr
     assert stdout == ""
     left = cell_hashes(out)
     assert left and not any(name.startswith("brightness/") for name in left)
