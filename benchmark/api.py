@@ -90,7 +90,7 @@ def evaluate(
     batch_size: int = 64,
     workers: int | None = None,
     amp: str = "off",
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     compile: bool = False,
     blurpool: str = "auto",
     quiet: bool = True,
@@ -109,6 +109,9 @@ def evaluate(
     checkpoint loaded into the module strictly, as `run --weights` does; None keeps the
     module's own weights (recorded by their SHA-256); "none" records them as random.
     ``name``: the model's name in the outputs (default: the module's class name).
+    ``channels_last``: None for the memory format measured faster on the device
+    (channels-last on the CPU and CUDA), except that a module you pass is converted,
+    in place, only when you ask for it with True.
     ``suite_params``: the suite's parameters (`aabench suites` lists them), as values or
     as the strings ``--set`` takes.
     """
@@ -141,6 +144,10 @@ def evaluate(
         evaluated = module if module_device(module) == target else _copy_to(module, target)
         loaded = in_memory_model(evaluated, name, weights, base, overrides)
         wanted = str(target)
+        if channels_last is None and evaluated is module:
+            # Converting changes the caller's own parameters' layout in place: only
+            # when asked for.
+            channels_last = False
     options = EngineOptions(
         device=wanted,
         batch_size=batch_size,

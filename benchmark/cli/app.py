@@ -49,7 +49,9 @@ BATCH_SIZE = typer.Option(64, "--batch-size", help="Views per forward pass.")
 WORKERS = typer.Option(None, "--workers", help="Decoding workers (default: cores-1).")
 AMP = typer.Option("off", "--amp", help="off, bf16 or fp16.")
 CHANNELS_LAST = typer.Option(
-    None, "--channels-last/--no-channels-last", help="Default: on for CUDA, off on CPU."
+    None,
+    "--channels-last/--no-channels-last",
+    help="Default: the faster format measured for the device (on for CPU and CUDA).",
 )
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model.")
 BLURPOOL = typer.Option(
