@@ -33,10 +33,14 @@ def flops(module: torch.nn.Module, size: int) -> int:
     return counter.get_total_flops()
 
 
-def module_for(name: str, device: str, channels_last: bool, form: str | None):
+def module_for(name: str, device: str, channels_last: bool, variant: str | None):
+    """``variant``: a BlurPool form, optionally with the max pools' computation forced
+    (":shifted" or ":max_pool2d"); None for a baseline."""
     module = create_model(name, weights="none").module.eval()
-    if form is not None:
-        use_form(module, form)
+    if variant is not None:
+        form, _, max_pool = variant.partition(":")
+        shifted_max = {"": None, "shifted": True, "max_pool2d": False}[max_pool]
+        use_form(module, form, device, channels_last, shifted_max=shifted_max)
     module = module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -73,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layouts", default="nchw,channels-last")
+    parser.add_argument(
+        "--variants",
+        default=",".join(FORMS),
+        help="BlurPool forms to measure, each optionally FORM:shifted or FORM:max_pool2d "
+        "to force how the 2x2 stride-1 max pools are computed",
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -87,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             variants = {"baseline": module_for(arch, args.device, channels_last, None)}
-            for form in FORMS:
+            forms = args.variants.split(",")
+            for form in forms:
                 variants[form] = module_for(f"{arch}_aa", args.device, channels_last, form)
             rates: dict[str, list[float]] = {name: [] for name in variants}
             names = list(variants)
@@ -96,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
                 for name in order:
                     rates[name].append(rate(variants[name], x, AMP[args.amp], args.seconds))
             medians = {name: statistics.median(values) for name, values in rates.items()}
+            # The spread of each variant's ratio to the baseline over the rounds (rounds
+            # are interleaved, so a round's ratio is measured under one load).
+            ratios = {
+                name: [v / b for v, b in zip(values, rates["baseline"], strict=True)]
+                for name, values in rates.items()
+            }
             row = {
                 "arch": arch,
                 "device": args.device,
@@ -104,15 +121,20 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size,
                 "flop_ratio": round(f_ratio, 4),
                 "views_per_s": {name: round(v, 2) for name, v in medians.items()},
+                "ratio_range": {
+                    name: [round(min(r), 3), round(max(r), 3)] for name, r in ratios.items()
+                },
             }
             figures.append(row)
             base = medians["baseline"]
-            forms = "  ".join(
-                f"{form} {medians[form]:.1f} ({medians[form] / base:.3f})" for form in FORMS
+            shown = "  ".join(
+                f"{form} {medians[form]:.1f} ({medians[form] / base:.3f}, "
+                f"{min(ratios[form]):.3f}-{max(ratios[form]):.3f})"
+                for form in forms
             )
             print(
                 f"{arch:10s} {layout:13s} F={f_ratio:.3f}  baseline {base:.1f} views/s  "
-                f"aa: {forms}",
+                f"aa: {shown}",
                 flush=True,
             )
     if args.json:
