@@ -206,8 +206,10 @@ class _Axis:
 
 class ShiftedMaxPool2d(nn.MaxPool2d):
     """A 2 x 2 max pool at stride 1 (the anti-aliased models' max before their BlurPool)
-    as the maximum of shifted views: the same numbers, NaNs included (max is exact and
-    torch.maximum propagates NaN as max_pool2d does), without max_pool2d's CPU kernel
+    as the maximum of shifted views: the same values, NaNs included (max is exact and
+    torch.maximum propagates NaN as max_pool2d does; only where -0 and +0 tie may the
+    zero's sign differ: they compare equal and vanish alike in any sum with a nonzero),
+    without max_pool2d's CPU kernel
     (layer by layer, batch 16, 64 x 112 x 112: 155 ms contiguous and 52 ms channels-last
     against 35 and 33 ms).
 
