@@ -2,11 +2,17 @@
 pipeline alone (decode + views, no model), and the suite end to end, all in views per
 second on the same device, batch size and thread count, measured in one process.
 
-``seconds`` is the budget of the whole measurement: each of the three phases gets a
-third of it, counted from the phase's start (its warm-up and model preparation
-included), and stops at the first check past its deadline. Each phase runs at least one
-batch, so a phase's rate is always measured: views it actually ran over the time it
-actually spent running them. ``images`` only caps the pipeline and end-to-end phases.
+With a ``baseline`` (the same architecture without anti-aliasing), a fourth phase runs
+the model and the baseline forward-only in alternating rounds, so that a change of
+clock or load affects both alike, and reports their ratio beside the FLOP ratio F that
+bounds it (aabench.flops). The end-to-end phase also reports where its time went
+(aabench.timing).
+
+``seconds`` is the budget of the whole measurement: each phase gets an equal share of
+it, counted from the phase's start (its warm-up and model preparation included), and
+stops at the first check past its deadline. Each phase runs at least one batch, so a
+phase's rate is always measured: views it actually ran over the time it actually spent
+running them. ``images`` only caps the pipeline and end-to-end phases.
 """
 
 from __future__ import annotations
@@ -34,10 +40,15 @@ from aabench.engine import (
     resolve_device,
 )
 from aabench.errors import UserError
+from aabench.flops import flop_ratio
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import Suite
+from aabench.timing import Timings
 
-PHASES = ("forward-only", "pipeline-only", "end-to-end")
+PHASES = ("forward-only", "pipeline-only", "end-to-end", "against the baseline")
+# Rounds of the baseline phase: each runs the model, then the baseline (the order
+# alternating), for an equal share of the phase.
+BASELINE_ROUNDS = 3
 Clock = Callable[[], float]
 
 
@@ -50,10 +61,32 @@ class PhaseResult:
     views: int
     seconds: float
     images: int | None = None
+    stages: dict[str, float | None] | None = None  # end to end: seconds per stage
 
     @property
     def views_per_second(self) -> float:
         return self.views / self.seconds if self.seconds > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """The model's and its baseline's forward-only rates from interleaved rounds, and
+    F = FLOPs(baseline) / FLOPs(model), the bound of their ratio."""
+
+    name: str
+    model: PhaseResult
+    baseline: PhaseResult
+    flop_ratio: float
+
+    @property
+    def forward_ratio(self) -> float:
+        """Model forward rate / baseline forward rate."""
+        return self.model.views_per_second / self.baseline.views_per_second
+
+    @property
+    def of_flop_ratio(self) -> float:
+        """How close the measured ratio comes to its bound F (1 = at the bound)."""
+        return self.forward_ratio / self.flop_ratio
 
 
 @dataclass(frozen=True)
@@ -63,6 +96,7 @@ class BenchResult:
     end_to_end: PhaseResult
     views_per_image: int
     seconds_per_phase: float
+    against_baseline: BaselineResult | None = None
 
     @property
     def images(self) -> int:
@@ -177,46 +211,92 @@ def forward_only(
     tick: Callable[[int | None], None] = lambda views=None: None,
 ) -> PhaseResult:
     """The model alone on a resident, already normalised batch, until ``deadline``."""
-    prepared = PreparedModel(model, device, options)
-    size = model.preprocessing.crop_size
     with _fitting(options.batch_size, device):
-        return _forward_until(prepared, size, device, options, deadline, tick)
+        runner = _Forward(model, device, options)
+        views, seconds = runner.until(deadline, tick)
+    return PhaseResult(PHASES[0], views, seconds)
 
 
-def _forward_until(
-    prepared: PreparedModel,
-    size: int,
-    device: torch.device,
-    options: EngineOptions,
-    deadline: Deadline,
-    tick: Callable[[int | None], None],
-) -> PhaseResult:
-    x = torch.randn(options.batch_size, 3, size, size, device=device)
-    if prepared.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    enabled = prepared.amp_dtype is not None
+class _Forward:
+    """Forward passes of one prepared model on a resident batch, warmed up once."""
 
-    def step() -> None:
+    def __init__(self, model: LoadedModel, device: torch.device, options: EngineOptions):
+        self.prepared = prepared = PreparedModel(model, device, options)
+        self.device, self.batch_size = device, options.batch_size
+        size = model.preprocessing.crop_size
+        x = torch.randn(options.batch_size, 3, size, size, device=device)
+        self.x = x.contiguous(memory_format=torch.channels_last) if prepared.channels_last else x
+        for _ in range(2):  # warm-up: allocator, cuDNN autotune, compile
+            self.step()
+        _synchronise(device)
+
+    def step(self) -> None:
+        prepared = self.prepared
         with (
             torch.inference_mode(),
-            torch.autocast(device.type, dtype=prepared.amp_dtype or torch.float32, enabled=enabled),
+            torch.autocast(
+                self.device.type,
+                dtype=prepared.amp_dtype or torch.float32,
+                enabled=prepared.amp_dtype is not None,
+            ),
         ):
-            prepared.module(x)
+            prepared.module(self.x)
 
-    for _ in range(2):  # warm-up: allocator, cuDNN autotune, compile
-        step()
-    _synchronise(device)
-    count, start = 0, time.perf_counter()
-    while True:
-        step()
-        count += 1
-        stop = deadline.passed()
-        tick(count * options.batch_size)
-        if stop:
-            break
-    _synchronise(device)
-    seconds = time.perf_counter() - start
-    return PhaseResult(PHASES[0], count * options.batch_size, seconds)
+    def until(
+        self, deadline: Deadline, tick: Callable[[int | None], None], done: int = 0
+    ) -> tuple[int, float]:
+        """(views, seconds) of passes run until ``deadline`` (at least one);
+        ``done``: views already run in this phase, for the progress display."""
+        count, start = 0, time.perf_counter()
+        while True:
+            self.step()
+            count += 1
+            stop = deadline.passed()
+            tick(done + count * self.batch_size)
+            if stop:
+                break
+        _synchronise(self.device)
+        return count * self.batch_size, time.perf_counter() - start
+
+
+def against_baseline(
+    model: LoadedModel,
+    baseline: LoadedModel,
+    device: torch.device,
+    options: EngineOptions,
+    share: float,
+    clock: Clock,
+    tick: Callable[[int | None], None] = lambda views=None: None,
+) -> BaselineResult:
+    """The model and ``baseline`` forward-only in BASELINE_ROUNDS interleaved rounds
+    within ``share`` seconds (warm-up included), and F from their own FLOPs."""
+    size = model.preprocessing.crop_size
+    if baseline.preprocessing.crop_size != size:
+        raise UserError(
+            f"the baseline {baseline.name} takes {baseline.preprocessing.crop_size}-pixel "
+            f"inputs and {model.name} {size}-pixel ones: compare models of one input size "
+            "(--baseline NAME, or --baseline none)"
+        )
+    ratio = flop_ratio(baseline.module, model.module, size)
+    start = clock()
+    with _fitting(options.batch_size, device):
+        runners = [_Forward(model, device, options), _Forward(baseline, device, options)]
+        left = max(0.0, share - (clock() - start))
+        totals = [[0, 0.0], [0, 0.0]]
+        for round_ in range(BASELINE_ROUNDS):
+            for which in (0, 1) if round_ % 2 == 0 else (1, 0):
+                deadline = Deadline(left / (2 * BASELINE_ROUNDS), clock)
+                done = totals[0][0] + totals[1][0]
+                views, seconds = runners[which].until(deadline, tick, done)
+                totals[which][0] += views
+                totals[which][1] += seconds
+    name = PHASES[3]
+    return BaselineResult(
+        name=baseline.name,
+        model=PhaseResult(f"{name}: {model.name}", *totals[0]),
+        baseline=PhaseResult(f"{name}: {baseline.name}", *totals[1]),
+        flop_ratio=ratio,
+    )
 
 
 def pipeline_only(
@@ -276,10 +356,23 @@ def end_to_end(
         tick(None)
         return passed
 
+    timings = Timings(device)
     evaluation = evaluate(
-        model, suite, folder, options, seed=seed, device=device, hooks=Hooks(stop=stop)
+        model,
+        suite,
+        folder,
+        options,
+        seed=seed,
+        device=device,
+        hooks=Hooks(stop=stop, timings=timings),
     )
-    return PhaseResult(PHASES[2], evaluation.views, evaluation.seconds, evaluation.images)
+    return PhaseResult(
+        PHASES[2],
+        evaluation.views,
+        evaluation.seconds,
+        evaluation.images,
+        stages=timings.breakdown(evaluation.seconds),
+    )
 
 
 @contextmanager
@@ -349,15 +442,17 @@ def bench(
     seed: int = 0,
     quiet: bool = True,
     clock: Clock = time.perf_counter,
+    baseline: LoadedModel | None = None,
 ) -> BenchResult:
-    """The three phases in turn, each within a third of ``seconds`` (by ``clock``);
-    progress on stderr unless ``quiet``."""
+    """The phases in turn, each within an equal share of ``seconds`` (by ``clock``):
+    three, and a fourth against ``baseline`` if given; progress on stderr unless
+    ``quiet``."""
     check_budget(seconds, images)
     device = resolve_device(options.device)
     check_batch_fits(options.batch_size, model.preprocessing.crop_size, device)
     folder = repeat_to(folder, images)
     engine_options = replace(options, quiet=True, skip_bad_images=False)
-    share = seconds / len(PHASES)
+    share = seconds / (len(PHASES) if baseline is not None else len(PHASES) - 1)
     display = PhaseDisplay(quiet, share)
 
     def run(name: str, measure: Callable[..., PhaseResult]) -> PhaseResult:
@@ -376,10 +471,17 @@ def bench(
         PHASES[2],
         lambda d, tick: end_to_end(model, suite, folder, engine_options, seed, device, d, tick),
     )
+    compared = None
+    if baseline is not None:
+        with display.phase(PHASES[3], Deadline(share, clock)) as tick:
+            compared = against_baseline(model, baseline, device, engine_options, share, clock, tick)
+        display.done(compared.model)
+        display.done(compared.baseline)
     return BenchResult(
         forward=forward,
         pipeline=pipeline,
         end_to_end=evaluation,
         views_per_image=suite.views_per_image(),
         seconds_per_phase=share,
+        against_baseline=compared,
     )

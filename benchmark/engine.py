@@ -45,6 +45,7 @@ from aabench.models.blurpool import FORMS as BLURPOOL_FORMS
 from aabench.models.blurpool import use_form
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import RANK_COLUMNS, Suite
+from aabench.timing import Timings
 from aabench.transfer import PendingOutputs, StagingRing
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -169,6 +170,7 @@ class Hooks:
     save_every: float = 60.0
     poll: Callable[[], None] | None = None
     stop: Callable[[], bool] | None = None
+    timings: Timings | None = None  # where the time goes (aabench bench)
 
 
 @dataclass
@@ -251,8 +253,11 @@ class ViewDataset(Dataset):
         position = int(self.positions[index])
         sample = self.samples[position]
         try:
+            start = time.perf_counter()
             images = self.source.images(sample)
+            decoded = time.perf_counter()
             views = self.suite.views_from(images, sample, position, self.seed, self.preprocessing)
+            seconds = {"decode": decoded - start, "views": time.perf_counter() - decoded}
         except BadImage as error:
             return {"position": position, "error": error.reason, "path": str(error.path)}
         except UserError as error:
@@ -265,6 +270,9 @@ class ViewDataset(Dataset):
             "meta": views.meta,
             "groups": views.groups,
             "on_device": views.on_device,
+            # JPEGs to decode on the model's device (aabench.device_decode.decode_items).
+            "encoded": getattr(views, "encoded", None),
+            "seconds": seconds,
         }
 
 
@@ -402,13 +410,17 @@ class PreparedModel:
         # Uploads in flight while passes run: one per pass the host may run ahead, and
         # the one being filled.
         self._staging = StagingRing(device, slots=OUTPUT_DEPTH + 1)
+        self.timings: Timings | None = None  # set by a run that measures its stages
 
     def upload(self, views: torch.Tensor) -> torch.Tensor:
         """Views on the device. To a GPU they go through a ring of reused pinned buffers
         on an upload stream of their own (transfer.StagingRing): pinning every image's
         views as it arrives (DataLoader's pin_memory) costs a pinned allocation per
         image, which made a 10-view suite 4x slower on an H100."""
-        return self._staging.upload(views)
+        if self.timings is None:
+            return self._staging.upload(views)
+        with self.timings.span("upload"):
+            return self._staging.upload(views)
 
     def inputs(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 views -> the model's normalised input on the device."""
@@ -469,11 +481,13 @@ class PreparedModel:
         ``normalised``: ``views`` are already the model's input on the device (made
         there by the suite)."""
         x = views if normalised else self.inputs(views)
-        count = int(x.shape[0])
+        with self.timings.forward_span() if self.timings else contextlib.nullcontext():
+            outputs = self._reduced(x, labels, info)
+        return PendingOutputs(outputs, int(x.shape[0]), self.timings)
+
+    def _reduced(self, x: torch.Tensor, labels: torch.Tensor, info: dict | None) -> dict:
         if self.reduction is not None:
-            return PendingOutputs(
-                self.reduction(self.forward, x, labels.to(self.device), info), count
-            )
+            return self.reduction(self.forward, x, labels.to(self.device), info)
         logits = self.forward(x).float()
         labels = labels.to(self.device)
         probs = logits.softmax(dim=1)
@@ -499,7 +513,7 @@ class PreparedModel:
         }
         if self.ranks:
             outputs["ranks"] = top5
-        return PendingOutputs(outputs, count)
+        return outputs
 
 
 def evaluate(
@@ -516,9 +530,12 @@ def evaluate(
     """Run ``model`` over every view of every sample (or of the samples at ``positions``,
     ascending); ``source`` reads a sample's images (default: the one image of each sample
     in ``folder``)."""
+    from aabench.device_decode import decode_items  # it imports this module
+
     device = device or resolve_device(options.device)
     hooks = hooks or Hooks()
     prepared = PreparedModel(model, device, options, ranks=suite.ranks, suite=suite)
+    prepared.timings = hooks.timings
     dataset = ViewDataset(folder, suite, model, seed, source, positions)
     per_image = max(1, suite.views_per_image())
     loader = DataLoader(
@@ -573,7 +590,9 @@ def evaluate(
             _main_threads(device),
             _progress(options.quiet, suite.name, len(dataset)) as advance,
         ):
-            for items in _batches(loader):
+            batches = _batches(loader)
+            for items in hooks.timings.batches(batches) if hooks.timings else batches:
+                items = decode_items(items, device)  # items' JPEGs, if any, on the device
                 for item in items:
                     if item["position"] // block != current_block:
                         # A forward pass never mixes two blocks, so its composition, and
@@ -598,6 +617,8 @@ def evaluate(
                         advance(1)
                         consumed += 1
                         continue
+                    if hooks.timings:
+                        hooks.timings.add_worker(item["seconds"])
                     batcher.add(item, sample.label)
                     consumed += 1
                 advance(batcher.run_full_batches() / per_image)

@@ -21,8 +21,9 @@ class PendingOutputs:
     """One pass's outputs (``{column: tensor}``, ``count`` views) on their way to the
     host; ``result()`` waits for them only if they have not arrived."""
 
-    def __init__(self, outputs: dict[str, torch.Tensor | np.ndarray], count: int):
+    def __init__(self, outputs: dict[str, torch.Tensor | np.ndarray], count: int, timings=None):
         self.count = count
+        self._timings = timings  # aabench.timing.Timings: waiting counts as download
         self._event = None
         self._host: dict[str, torch.Tensor | np.ndarray] = {}
         for key, value in outputs.items():
@@ -50,7 +51,11 @@ class PendingOutputs:
     def result(self) -> dict[str, np.ndarray]:
         if self._result is None:
             if self._event is not None:
-                self._event.synchronize()
+                if self._timings is None:
+                    self._event.synchronize()
+                else:
+                    with self._timings.span("download"):
+                        self._event.synchronize()
             self._result = {key: _numpy(value) for key, value in self._host.items()}
             self._host = {}
         return self._result
@@ -74,7 +79,7 @@ class StagingRing:
         self._next = 0
 
     def upload(self, views: torch.Tensor) -> torch.Tensor:
-        if self.stream is None:
+        if self.stream is None or views.device.type != "cpu":  # on the device already
             return views.to(self.device)
         slot = self._next
         self._next = (slot + 1) % self.slots

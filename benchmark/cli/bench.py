@@ -61,6 +61,15 @@ def bench_command(
     channels_last: bool = CHANNELS_LAST,
     compile_model: bool = COMPILE,
     blurpool: str = BLURPOOL,
+    baseline: str = typer.Option(
+        "auto",
+        "--baseline",
+        help="Also run this model's baseline forward-only, in rounds interleaved with the "
+        "model's, and report their ratio beside the FLOP ratio F that bounds it. auto: "
+        "the same architecture without anti-aliasing (resnet50 for resnet50_aa; none for "
+        "other models); none; or a model name. Built with random weights (speed does not "
+        "depend on them), with the model's device, batch size, AMP and memory format.",
+    ),
     assignments: list[str] = SET,
     as_json: bool = JSON,
     weights_url: str = WEIGHTS_URL,
@@ -72,7 +81,8 @@ def bench_command(
     mean: str = MEAN,
     std: str = STD,
 ) -> None:
-    """Measure forward-only, pipeline-only and end-to-end throughput (views/s).
+    """Measure forward-only, pipeline-only and end-to-end throughput (views/s), where
+    the end-to-end time goes, and the model's forward against its baseline's.
 
     Progress goes to stderr (none with --json); the rates are views actually run over
     the time actually spent, phase by phase.
@@ -88,6 +98,7 @@ def bench_command(
         model, weights, weights_dir, weights_url, 0, factory_args, name,
         resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std,
     )  # fmt: skip
+    compared = baseline_model(loaded, baseline)
 
     import torch
 
@@ -107,7 +118,14 @@ def bench_command(
     loaded.build()
     folder = open_image_folder(data)
     result = bench(
-        loaded, suite_object, folder, options, images=images, seconds=seconds, quiet=as_json
+        loaded,
+        suite_object,
+        folder,
+        options,
+        images=images,
+        seconds=seconds,
+        quiet=as_json,
+        baseline=compared,
     )
     report = {
         "model": model,
@@ -132,9 +150,47 @@ def bench_command(
         "end_to_end_views_per_second": result.end_to_end_views_per_second,
         "end_to_end_over_forward": result.end_to_end_over_forward,
         "pipeline_over_forward": result.pipeline_over_forward,
+        **baseline_report(result.against_baseline),
+        **stages_report(result.end_to_end.stages),
     }
     if as_json:
         typer.echo(json.dumps(report, indent=1))
         return
     for key, value in report.items():
-        typer.echo(f"{key:30s} {value:.3f}" if isinstance(value, float) else f"{key:30s} {value}")
+        typer.echo(f"{key:40s} {value:.3f}" if isinstance(value, float) else f"{key:40s} {value}")
+
+
+def baseline_model(loaded, baseline: str):
+    """The LoadedModel ``--baseline`` names (random weights, not yet built), or None."""
+    from aabench.models.zoo import create_model
+
+    if baseline == "none":
+        return None
+    if baseline == "auto":
+        if loaded.spec.family != "antialiased":
+            return None
+        baseline = loaded.spec.arch
+    # The model's preprocessing overrides too: both run at the same input size.
+    return create_model(baseline, weights="none", build=False, preprocessing=loaded.overrides)
+
+
+def baseline_report(compared) -> dict:
+    if compared is None:
+        return {"baseline": None}
+    return {
+        "baseline": compared.name,
+        "interleaved_forward_views_per_second": compared.model.views_per_second,
+        "baseline_forward_views_per_second": compared.baseline.views_per_second,
+        "forward_over_baseline": compared.forward_ratio,
+        "flop_ratio": compared.flop_ratio,
+        "forward_over_baseline_of_flop_ratio": compared.of_flop_ratio,
+    }
+
+
+def stages_report(stages: dict) -> dict:
+    """End-to-end seconds per stage (aabench.timing), and the largest."""
+    from aabench.timing import bottleneck
+
+    report = {f"end_to_end_{stage}_seconds": value for stage, value in stages.items()}
+    report["end_to_end_bottleneck"] = bottleneck(stages)
+    return report

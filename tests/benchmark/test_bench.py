@@ -15,10 +15,10 @@ from aabench.models.zoo import LoadedModel, ModelSpec
 from aabench.suites.shift import ShiftSuite
 
 
-def tiny_model() -> LoadedModel:
-    module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1000))
+def tiny_model(*layers: nn.Module, name: str = "tiny") -> LoadedModel:
+    module = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 1000))
     return LoadedModel(
-        spec=ModelSpec(name="tiny", family="torchvision", arch="tiny"),
+        spec=ModelSpec(name=name, family="torchvision", arch="tiny"),
         module=module,
         preprocessing=Preprocessing(resize_size=40, crop_size=32),
         weights=RANDOM_WEIGHTS,
@@ -116,6 +116,37 @@ def bench_end_to_end(clock):
     )
 
 
+def test_the_baseline_phase_alternates_rounds_and_bounds_the_ratio_by_f():
+    model = tiny_model(nn.Conv2d(3, 3, 1), name="tiny_aa")
+    baseline = tiny_model()
+    calls = []
+    model.module.register_forward_pre_hook(lambda *_: calls.append("model"))
+    baseline.module.register_forward_pre_hook(lambda *_: calls.append("baseline"))
+    result = bench(
+        model,
+        SHIFT,
+        open_image_folder("sample"),
+        OPTIONS,
+        images=2,
+        seconds=4.0,
+        clock=TickingClock(1.0),  # every check passes: one batch per round each
+        baseline=baseline,
+    )
+    assert result.seconds_per_phase == 1.0  # four phases
+    flops = ["baseline", "model"]  # one pass each to count F
+    warm_up = ["model", "model", "baseline", "baseline"]
+    rounds = ["model", "baseline", "baseline", "model", "model", "baseline"]
+    assert calls[-12:] == flops + warm_up + rounds
+    compared = result.against_baseline
+    assert (compared.model.views, compared.baseline.views) == (3 * 4, 3 * 4)
+    linear, conv = 2 * 3 * 1000, 2 * (32 * 32 * 3) * 3  # FLOPs at the 32-pixel crop
+    assert compared.flop_ratio == linear / (linear + conv)
+    assert compared.forward_ratio == (
+        compared.model.views_per_second / compared.baseline.views_per_second
+    )
+    assert compared.of_flop_ratio == compared.forward_ratio / compared.flop_ratio
+
+
 def test_progress_on_stderr_for_every_phase(capsys):
     bench(
         tiny_model(),
@@ -210,3 +241,32 @@ def test_bench_json_has_the_three_rates(cli):
     assert report["end_to_end_over_forward"] == (
         report["end_to_end_views_per_second"] / report["forward_views_per_second"]
     )
+    # resnet18_aa's baseline, and the FLOP ratio of the two at 224 pixels.
+    assert report["baseline"] == "resnet18"
+    assert round(report["flop_ratio"], 3) == 0.775
+    assert report["forward_over_baseline"] == (
+        report["interleaved_forward_views_per_second"] / report["baseline_forward_views_per_second"]
+    )
+    host = ("host_wait", "upload", "forward", "download", "other")
+    spent = sum(report[f"end_to_end_{stage}_seconds"] for stage in host)
+    assert spent == pytest.approx(report["end_to_end_seconds"], rel=1e-9)
+    assert report["end_to_end_bottleneck"] in host
+
+
+def test_bench_without_a_baseline_reports_none(cli):
+    code, out, err = cli(*TINY_BENCH, "--model", "resnet18", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["baseline"] is None and "flop_ratio" not in report
+
+
+def test_an_unknown_baseline_is_one_line(cli):
+    code, out, err = cli(*TINY_BENCH, "--model", "resnet18_aa", "--baseline", "resnet18_ab")
+    assert (code, out) == (2, "")
+    assert err.startswith("aabench: error: unknown model 'resnet18_ab'") and err.count("\n") == 1
+
+
+TINY_BENCH = (
+    "bench", "--weights", "none", "--device", "cpu", "--batch-size", "2", "--images", "1",
+    "--seconds", "0.1", "--workers", "0", "--set", "epochs=1",
+)  # fmt: skip

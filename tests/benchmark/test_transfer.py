@@ -52,8 +52,8 @@ def slow_device(monkeypatch):
     events: list[SlowEvent] = []
     original = transfer.PendingOutputs.__init__
 
-    def late(self, outputs, count):
-        original(self, outputs, count)
+    def late(self, outputs, count, timings=None):
+        original(self, outputs, count, timings)
         self._arrived = self._host
         self._host = {key: np.full_like(np.asarray(v), -7) for key, v in self._host.items()}
         self._event = SlowEvent(self, polls=3)
