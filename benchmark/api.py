@@ -110,8 +110,7 @@ def evaluate(
     module's own weights (recorded by their SHA-256); "none" records them as random.
     ``name``: the model's name in the outputs (default: the module's class name).
     ``channels_last``: None for the memory format measured faster on the device
-    (channels-last on the CPU and CUDA), except that a module you pass is converted,
-    in place, only when you ask for it with True.
+    (channels-last on the CPU and CUDA); a module you pass gets its own layout back.
     ``suite_params``: the suite's parameters (`aabench suites` lists them), as values or
     as the strings ``--set`` takes.
     """
@@ -144,10 +143,6 @@ def evaluate(
         evaluated = module if module_device(module) == target else _copy_to(module, target)
         loaded = in_memory_model(evaluated, name, weights, base, overrides)
         wanted = str(target)
-        if channels_last is None and evaluated is module:
-            # Converting changes the caller's own parameters' layout in place: only
-            # when asked for.
-            channels_last = False
     options = EngineOptions(
         device=wanted,
         batch_size=batch_size,
@@ -272,13 +267,20 @@ def in_memory_model(
 @contextlib.contextmanager
 def kept_modes(module: nn.Module):
     """Restore every submodule's train/eval flag afterwards (a model may hold frozen
-    BatchNorms in eval inside a training model)."""
+    BatchNorms in eval inside a training model), and the memory format of its 4-D
+    parameters and buffers (channels-last conversion is done in place)."""
     modes = [(sub, sub.training) for sub in module.modules()]
+    tensors = [*module.parameters(), *module.buffers()]
+    formats = [(t, t.is_contiguous()) for t in tensors if t.dim() == 4]
     try:
         yield
     finally:
         for sub, training in modes:
             sub.training = training
+        with torch.no_grad():
+            for tensor, contiguous in formats:
+                if contiguous and not tensor.is_contiguous():
+                    tensor.data = tensor.data.contiguous()
 
 
 # ------------------------------------------------------------------- distributed
