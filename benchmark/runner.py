@@ -114,9 +114,10 @@ def run_id_for(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def data_for(suite: Suite, folder: ImageFolder):
-    """(source, data-source description, the samples to evaluate) of one suite."""
-    source, data_source = source_for(suite, folder)
+def data_for(suite: Suite, folder: ImageFolder, device: torch.device | None = None):
+    """(source, data-source description, the samples to evaluate) of one suite whose
+    model runs on ``device``."""
+    source, data_source = source_for(suite, folder, device)
     # A source with its own samples (the released ImageNet-P videos) replaces --data's.
     return source, data_source, getattr(source, "folder", None) or folder
 
@@ -205,7 +206,7 @@ def _run_suite(
     checkpoints: CheckpointOptions,
 ) -> SuiteResult | None:
     device = resolve_device(options.device)
-    source, data_source, folder = data_for(suite, folder)
+    source, data_source, folder = data_for(suite, folder, device)
     weights = model.weights
     identity = run_identity(model, suite, folder, options, seed, data_source)
     run_id = run_id_for(identity)
@@ -347,7 +348,8 @@ def check_unfinished(
     options, rather than finding out after the suites before it have run (and rewritten
     their outputs) again."""
     for suite in suites:
-        _, data_source, suite_folder = data_for(suite, folder)
+        device = resolve_device(options.device)
+        _, data_source, suite_folder = data_for(suite, folder, device)
         identity = run_identity(model, suite, suite_folder, options, seed, data_source)
         directory = partial_directory(out, model.name, suite.name)
         SuiteLock(directory).refuse_if_held()  # another run is on it: its state is not ours

@@ -64,8 +64,14 @@ def mismatches(reference: RunData, candidate: RunData) -> list[str]:
         return [f"different suites: {reference.suite} vs {candidate.suite}"]
     ref, cand = reference.provenance, candidate.provenance
     if ref and cand:
-        ref_protocol = ref.get("protocol", ref.get("parameters"))
-        cand_protocol = cand.get("protocol", cand.get("parameters"))
+        if jpeg_decoder(ref) != jpeg_decoder(cand):
+            found.append(
+                f"different JPEG decoders: {jpeg_decoder(ref)} vs {jpeg_decoder(cand)} "
+                "(nvJPEG and libjpeg may differ by a level or so in some pixels)"
+            )
+        # The decoder has its own line above, not a second one among the parameters.
+        ref_protocol = _without_decoder(ref.get("protocol", ref.get("parameters")))
+        cand_protocol = _without_decoder(cand.get("protocol", cand.get("parameters")))
         if ref_protocol != cand_protocol:
             found.append(
                 f"{reference.suite} protocol parameters differ: "
@@ -94,6 +100,18 @@ def mismatches(reference: RunData, candidate: RunData) -> list[str]:
     if ref_n != cand_n:
         found.append(f"different n: {sorted(ref_n)} vs {sorted(cand_n)}")
     return found
+
+
+def jpeg_decoder(provenance: dict) -> str:
+    """What decoded a run's released JPEGs (ImageNet-C's ``decoder``): runs written
+    before it was recorded, and suites without it, decoded with PIL."""
+    return (provenance.get("parameters") or {}).get("decoder", "pil")
+
+
+def _without_decoder(protocol: dict | None) -> dict | None:
+    if protocol is None:
+        return None
+    return {key: value for key, value in protocol.items() if key != "decoder"}
 
 
 def compare(

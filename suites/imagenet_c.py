@@ -28,8 +28,15 @@ from aabench.suites.base import Metric, Suite, Views, not_computed_row, term_fra
 
 pd = lazy_module("pandas")  # imported on first use (see aabench.lazy)
 torch = lazy_module("torch")
+device_decode = lazy_module("aabench.device_decode")  # torchvision.io, the engine
 
 CLEAN = "clean"
+# How released JPEG cells are decoded: auto = nvjpeg when the model runs on CUDA and the
+# cells are released files, else pil (PIL in the DataLoader workers).
+DECODERS = ("auto", "pil", "nvjpeg")
+# Device types the nvjpeg decoder decodes on. The tests add "cpu", where decode_jpeg runs
+# libjpeg, to run that code path without a GPU.
+NVJPEG_DEVICE_TYPES = ("cuda",)
 
 
 @dataclass
@@ -58,10 +65,20 @@ class ImageNetCSuite(Suite):
         None  # with generate: JPEG round trip at this quality (85 = released)
     )
     imagenet_c: str | None = None  # the released set's root (--imagenet-c)
+    decoder: str = "auto"  # released JPEG cells: auto, pil or nvjpeg (on the model's GPU)
 
     def __post_init__(self):
         self.corruption_list = C.parse_corruptions(self.corruptions)
         self.severity_list = C.parse_severities(self.severities)
+        if self.decoder not in DECODERS:
+            raise UserError(
+                f"imagenet-c decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}"
+            )
+        if self.decoder == "nvjpeg" and self.generate:
+            raise UserError(
+                "decoder=nvjpeg decodes released JPEG cells on the GPU, but generate=true "
+                "makes its cells on the CPU: drop one of the two"
+            )
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"jpeg_quality must be 1..100, got {self.jpeg_quality}")
         if self.jpeg_quality is not None and not self.generate:
@@ -79,7 +96,36 @@ class ImageNetCSuite(Suite):
         if self.generate:
             # Generated images depend on the generator: runs of another version differ.
             parameters["generator_version"] = C.GENERATOR_VERSION
+        parameters["decoder"] = self.decoder_in_use()
         return parameters
+
+    def protocol(self) -> dict:
+        protocol = super().protocol()
+        if protocol["decoder"] == "pil":
+            # Every run decoded with PIL before the decoder could be chosen: leaving it
+            # out keeps those runs' ids, and their comparisons with new ones.
+            del protocol["decoder"]
+        return protocol
+
+    def resolve_decoder(self, device) -> str:
+        """The decoder of a run whose model is on ``device`` (None: the CPU), from now on
+        the one ``parameters`` records; decoder=nvjpeg without CUDA is refused."""
+        on_gpu = torch.device(device or "cpu").type in NVJPEG_DEVICE_TYPES
+        if self.decoder == "nvjpeg" and not on_gpu:
+            raise UserError(
+                f"decoder=nvjpeg decodes on the model's GPU, but the model runs on "
+                f"{device or 'cpu'}: use --device cuda on a machine with a GPU, or "
+                "--set decoder=pil (or auto)"
+            )
+        if self.decoder == "auto":
+            self.resolved_decoder = "nvjpeg" if on_gpu and not self.generate else "pil"
+        else:
+            self.resolved_decoder = self.decoder
+        return self.resolved_decoder
+
+    def decoder_in_use(self) -> str:
+        """The resolved decoder; before resolve_decoder, the one asked for."""
+        return getattr(self, "resolved_decoder", self.decoder)
 
     def cells(self) -> list[tuple[str, int]]:
         """The cells this run evaluates: those asked for, less any the data set lacks."""
@@ -109,7 +155,10 @@ class ImageNetCSuite(Suite):
     def views_from(self, images, sample, position, seed, preprocessing) -> Views:
         clean = self.prepare(images["clean"], preprocessing)
         views, names, levels = [clean], [CLEAN], [0]
-        for corruption, severity in self.cells():
+        jpegs = []  # (view index, file): released JPEGs the engine decodes on the device
+        for index, (corruption, severity) in enumerate(self.cells(), start=1):
+            names.append(corruption)
+            levels.append(severity)
             if self.generate:
                 array = clean.permute(1, 2, 0).numpy()
                 cell_seed = C.corruption_seed(seed, sample.key, corruption, severity)
@@ -117,22 +166,25 @@ class ImageNetCSuite(Suite):
                 if self.jpeg_quality is not None:
                     encoded = io.BytesIO(C.jpeg_bytes(corrupted, self.jpeg_quality))
                     corrupted = np.array(Image.open(encoded).convert("RGB"))
-                view = torch.from_numpy(np.ascontiguousarray(corrupted)).permute(2, 0, 1)
+                views.append(torch.from_numpy(np.ascontiguousarray(corrupted)).permute(2, 0, 1))
+                continue
+            # Released images are evaluated as they are: no resize, no crop.
+            image = images[(corruption, severity)]
+            if isinstance(image, device_decode.JPEGFile):
+                width, height = image.size
+                _check_released_size((height, width), clean, sample, corruption, severity)
+                jpegs.append((index, image))
             else:
-                # Released images are evaluated as they are: no resize, no crop.
-                view = _to_tensor(images[(corruption, severity)])
-                if view.shape != clean.shape:
-                    raise UserError(
-                        f"ImageNet-C image for {sample.path} in {corruption}/{severity} is "
-                        f"{tuple(view.shape[1:])}, not {tuple(clean.shape[1:])}: released "
-                        "ImageNet-C is 224 x 224 and is evaluated without resizing"
-                    )
-            views.append(view)
-            names.append(corruption)
-            levels.append(severity)
-        return Views(
-            torch.stack(views),
-            {"corruption": np.array(names, dtype=object), "severity": np.array(levels)},
+                view = _to_tensor(image)
+                _check_released_size(tuple(view.shape[1:]), clean, sample, corruption, severity)
+                views.append(view)
+        meta = {"corruption": np.array(names, dtype=object), "severity": np.array(levels)}
+        if self.decoder_in_use() != "nvjpeg":
+            return Views(torch.stack(views), meta)
+        # Every image of the run, even one without JPEG cells, so that all of them have
+        # their views on the device.
+        return device_decode.EncodedViews(
+            torch.stack(views), meta, encoded=device_decode.EncodedCells.of(jpegs)
         )
 
     def terms(self, records: pd.DataFrame) -> pd.DataFrame:
@@ -230,6 +282,15 @@ class _ErrorSums:
         severities = len(C.SEVERITIES)
         alexnet = sum(alexnet_errors.ERRORS[corruption]) - severities * alexnet_errors.CLEAN_ERROR
         return (self.total(corruption) - severities * self.clean) / alexnet
+
+
+def _check_released_size(shape, clean, sample, corruption: str, severity: int) -> None:
+    if tuple(shape) != tuple(clean.shape[1:]):
+        raise UserError(
+            f"ImageNet-C image for {sample.path} in {corruption}/{severity} is "
+            f"{tuple(shape)}, not {tuple(clean.shape[1:])}: released "
+            "ImageNet-C is 224 x 224 and is evaluated without resizing"
+        )
 
 
 def _to_tensor(image) -> torch.Tensor:

@@ -32,4 +32,10 @@ done
 # ImageNet-C generated on the fly (the released set is not on the machine).
 step bench-imagenet-c 60 python -m aabench bench --model resnet50_aa --weights none \
     --suite imagenet-c --set generate=true --amp bf16 --batch-size 256 --seconds 40 --json
+# ImageNet-C's released decode path: nvJPEG against PIL (the CUDA test, then a
+# make-imagenet-c tree of the sample images, cycled: each decoder's rate, their top-1
+# agreement, compare's refusal, and nvJPEG's pixel difference from PIL).
+step gpu-decode-tests 60 python -m pytest -q -x -s tests/benchmark/test_device_decode.py -k gpu
+step imagenet-c-decoders 150 python tools/imagenet_c_decoders.py --copies 100 \
+    --json "$OUT/imagenet-c-decoders.json"
 ls -l "$OUT"

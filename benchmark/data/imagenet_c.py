@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aabench.data.corruptions import ALL, CATEGORIES, SEVERITIES
 from aabench.data.folder import IMAGE_SUFFIXES, ImageFolder, Sample
+from aabench.device_decode import read_cell
 from aabench.engine import decode
 from aabench.errors import UserError
 
@@ -55,12 +56,21 @@ def find_layout(root: str | Path) -> ImageNetCLayout:
 
 
 class ReleasedImageNetC:
-    """Reads, for one val image, its clean version and its file in every requested cell."""
+    """Reads, for one val image, its clean version and its file in every requested cell:
+    decoded by PIL, or, for the ``nvjpeg`` decoder, JPEG cells as bytes that the engine
+    decodes on the model's device (aabench.device_decode)."""
 
-    def __init__(self, folder: ImageFolder, layout: ImageNetCLayout, cells: list[tuple[str, int]]):
+    def __init__(
+        self,
+        folder: ImageFolder,
+        layout: ImageNetCLayout,
+        cells: list[tuple[str, int]],
+        decoder: str = "pil",
+    ):
         self.val_root = folder.root
         self.layout = layout
         self.cells = cells
+        self.read_cell = read_cell if decoder == "nvjpeg" else decode
 
     def cell_file(self, cell: tuple[str, int], sample: Sample) -> Path:
         """The released file of this image in this cell: same wnid and stem as the val
@@ -83,5 +93,5 @@ class ReleasedImageNetC:
     def images(self, sample: Sample) -> dict:
         images = {"clean": decode(self.val_root / sample.file)}
         for cell in self.cells:
-            images[cell] = decode(self.cell_file(cell, sample))
+            images[cell] = self.read_cell(self.cell_file(cell, sample))
         return images

@@ -17,12 +17,14 @@ def corruption_library() -> str:
         return "imagecorruptions (version unknown)"
 
 
-def source_for(suite, folder: ImageFolder):
-    """(source or None for the plain val images, data-source description)."""
+def source_for(suite, folder: ImageFolder, device=None):
+    """(source or None for the plain val images, data-source description). ``device``:
+    the model's (None: the CPU), which decides how ImageNet-C decodes its JPEGs."""
     if suite.name == "imagenet-p":
         return _imagenet_p_source(suite, folder)
     if suite.name != "imagenet-c":
         return None, {"kind": "imagenet-val"}
+    suite.resolve_decoder(device)
     if suite.generate:
         return None, {
             "kind": "generated",
@@ -44,7 +46,7 @@ def source_for(suite, folder: ImageFolder):
             f"{layout.root} has none of the requested cells ({suite.corruptions} x "
             f"severities {suite.severities}): check --set corruptions / severities"
         )
-    return ReleasedImageNetC(folder, layout, suite.cells()), {
+    return ReleasedImageNetC(folder, layout, suite.cells(), suite.decoder_in_use()), {
         "kind": "released",
         "missing_cells": [f"{c}/{s}" for c, s in suite.missing_cells],
     }
