@@ -58,7 +58,7 @@ BLURPOOL = typer.Option(
     "auto",
     "--blurpool",
     help="BlurPool's form: auto (the fastest measured for the device), reference, "
-    "separable or cascade; all give the same outputs to float rounding.",
+    "separable, cascade or fused; all give the same outputs to float rounding.",
 )
 SET = typer.Option([], "--set", help="Override a suite parameter: --set key=value (repeatable).")
 JSON = typer.Option(False, "--json", help="Print JSON for machines.")

@@ -6,9 +6,13 @@ it; its size k is therefore readable from any checkpoint.
 The same blur + subsample can be computed in several ways that agree to float rounding
 (about 1e-7 of the activations): the reference depthwise k x k convolution; two 1-D
 passes (the binomial filter is the outer product of its row with itself); and, for
-binomial filters, a cascade of 2 x 2 averages, the last one strided (k = 4 is three).
-Which is fastest depends on the device and the memory format, so it is chosen from
-measurements (``FASTEST``) and recorded in the provenance; the reference form stays
+binomial filters, a cascade of 2 x 2 averages, the last one strided (k = 4 is three);
+and "fused", a zero-padded convolution of the unpadded map with only the border rows and
+columns computed again from padded strips (the pad copies the whole map). Unless the
+reference form is asked for, the 2 x 2 stride-1 max pools before the BlurPools are
+computed as shifted maxima (ShiftedMaxPool2d) where that is measured faster. Which is fastest
+depends on the device and the memory format, so it is chosen from measurements
+(``FASTEST``) and recorded in the provenance; the reference form stays
 selectable for debugging.
 """
 
@@ -36,11 +40,12 @@ __all__ = [
 PAD_MODES = {"reflect": "reflect", "replicate": "replicate", "zero": "constant"}
 FORMS = ("reference", "separable", "cascade", "fused")
 
-# The fastest form by (device type, channels-last), to be filled from whole-model
-# forward passes (tools/blurpool_forms.py). On a 2-core CPU, layer by layer, no form beat
-# the reference's depthwise convolution (the reflect pad costs about twice the
-# convolution, and every form pads), so the CPU keeps it. A device type missing here
-# (CUDA, until measured) keeps the reference form too.
+# The fastest form by (device type, channels-last), from whole-model forward passes
+# (tools/blurpool_forms.py). On a 2-core CPU (resnet18, batch 16, 8-12 interleaved rounds,
+# the max pools shifted in both), aa / baseline was 0.755 fused against 0.750 reference
+# contiguous and 0.710 against 0.710 channels-last (best rounds 0.727 against 0.701):
+# within the rounds' spread, so the CPU keeps the reference form. A device type missing
+# here (CUDA, until measured) keeps the reference form too.
 FASTEST = {("cpu", False): "reference", ("cpu", True): "reference"}
 # The fused form's strips cost a few small convolutions whatever the map's size, the pad
 # it saves grows with the map: layer by layer on the CPU (batch 16, k = 4) it computes a
@@ -49,7 +54,9 @@ FASTEST = {("cpu", False): "reference", ("cpu", True): "reference"}
 # reference does.
 FUSED_MIN_SIDE = 64
 # Whether ShiftedMaxPool2d beats nn.MaxPool2d, by (device type, channels-last), from
-# whole-model forward passes; missing: keep nn.MaxPool2d.
+# whole-model forward passes; missing: keep nn.MaxPool2d. On the 2-core CPU resnet18_aa /
+# resnet18 went from 0.595 to 0.750 contiguous (per-round ranges 0.577-0.612 and
+# 0.713-0.811) and from 0.629-0.640 to 0.671-0.710 channels-last in two runs.
 SHIFTED_MAX_FASTER = {("cpu", False): True, ("cpu", True): True}
 
 
@@ -258,8 +265,8 @@ def use_form(
     "auto" is the fastest form measured for ``device`` and ``channels_last``, and the
     reference form for a module whose filter it cannot compute. A form asked for by
     name that cannot compute some module's filter is refused, not silently replaced.
-    Every form but the reference computes the max pools as shifted maxima where that was
-    measured faster (the numbers are the same); the reference form is today's
+    Unless ``form`` is "reference", the max pools are computed as shifted maxima where
+    that was measured faster (the values are the same); the reference form is today's
     computation throughout. ``shifted_max`` overrides that choice (for measuring it).
     Call this after the weights are loaded: whether a form
     applies depends on ``filt``.

@@ -191,7 +191,7 @@ def test_every_blurpool_form_gives_the_same_table_and_is_recorded(cli, tmp_path)
     """The forms compute the same blur + subsample: the tables are equal, and each
     run's provenance says which form computed its numbers."""
     tables = {}
-    for form in ("reference", "separable", "cascade", "auto"):
+    for form in ("reference", "separable", "cascade", "fused", "auto"):
         out = tmp_path / form
         code, _, err = cli(
             "run", *MODEL, "--suite", "accuracy", "--device", "cpu", "--workers", "0",
@@ -200,7 +200,10 @@ def test_every_blurpool_form_gives_the_same_table_and_is_recorded(cli, tmp_path)
         assert code == 0, err
         provenance = json.loads((out / "resnet18_aa" / "accuracy.json").read_text())
         chosen = "reference" if form == "auto" else form  # the CPU's measured fastest
-        assert provenance["blurpool"] == {chosen: 7}  # resnet18_aa has 7 BlurPools
+        # resnet18_aa has 7 BlurPools; but for the reference, its stem's 2x2 stride-1
+        # max pool is computed as shifted maxima on the CPU
+        shifted = {} if form == "reference" else {"shifted_max": 1}
+        assert provenance["blurpool"] == {chosen: 7, **shifted}
         tables[form] = pd.read_csv(out / "resnet18_aa" / "accuracy.csv")[["metric", "value"]]
     for form, table in tables.items():
         pd.testing.assert_frame_equal(table, tables["reference"], obj=form)
@@ -208,5 +211,6 @@ def test_every_blurpool_form_gives_the_same_table_and_is_recorded(cli, tmp_path)
     code, _, err = cli(
         "run", *MODEL, "--suite", "accuracy", "--blurpool", "fast", "--quiet", "--out", str(bad)
     )  # fmt: skip
-    assert code == 2 and "--blurpool must be auto or one of reference, separable, cascade" in err
+    assert code == 2
+    assert "--blurpool must be auto or one of reference, separable, cascade, fused" in err
     assert not bad.exists()
