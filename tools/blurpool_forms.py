@@ -22,19 +22,12 @@ import sys
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from aabench.flops import flop_ratio
 from aabench.models.blurpool import FORMS, use_form
 from aabench.models.zoo import create_model
 
 AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def flops(module: torch.nn.Module, size: int) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        module(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops()
 
 
 def module_for(name: str, device: str, channels_last: bool, variant: str | None):
@@ -92,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     figures = []
     for arch in args.archs.split(","):
-        f_ratio = flops(module_for(arch, "cpu", False, None), 224) / flops(
-            module_for(f"{arch}_aa", "cpu", False, None), 224
+        f_ratio = flop_ratio(
+            module_for(arch, "cpu", False, None), module_for(f"{arch}_aa", "cpu", False, None), 224
         )
         for layout in args.layouts.split(","):
             channels_last = layout == "channels-last"
