@@ -271,6 +271,27 @@ def test_skip_bad_images_skips_the_same_image_with_both_decoders(cli, tree, tmp_
     assert len(skipped) == 1 and skipped[0].startswith(f"{bad}: OSError: ")
 
 
+def test_auto_is_nvjpeg_only_for_released_cells_on_a_device_it_decodes_on(monkeypatch):
+    monkeypatch.setattr(imagenet_c, "NVJPEG_DEVICE_TYPES", ("cuda",))
+    resolved = {
+        (generate, device): imagenet_c.ImageNetCSuite(generate=generate).resolve_decoder(device)
+        for generate in (False, True)
+        for device in (None, "cpu", torch.device("cuda"), "cuda:1")
+    }
+    assert resolved == {
+        (False, None): "pil",
+        (False, "cpu"): "pil",
+        (False, torch.device("cuda")): "nvjpeg",
+        (False, "cuda:1"): "nvjpeg",
+        (True, None): "pil",
+        (True, "cpu"): "pil",
+        (True, torch.device("cuda")): "pil",  # generated cells are made on the CPU
+        (True, "cuda:1"): "pil",
+    }
+    suite = imagenet_c.ImageNetCSuite(decoder="pil")
+    assert suite.resolve_decoder("cuda") == "pil" and suite.parameters()["decoder"] == "pil"
+
+
 def test_read_cell_leaves_what_the_device_would_decode_differently_to_pil(tmp_path):
     rgb = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     jpeg, png, cmyk = tmp_path / "a.JPEG", tmp_path / "b.JPEG", tmp_path / "c.JPEG"
