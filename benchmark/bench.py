@@ -42,6 +42,7 @@ from aabench.engine import (
 from aabench.errors import UserError
 from aabench.flops import flop_ratio
 from aabench.models.zoo import LoadedModel
+from aabench.runner import data_for
 from aabench.suites.base import Suite
 from aabench.timing import Timings
 
@@ -307,12 +308,13 @@ def pipeline_only(
     seed: int,
     deadline: Deadline,
     tick: Callable[[int | None], None] = lambda views=None: None,
+    source=None,
 ) -> PhaseResult:
     """Decoding and cutting views in the DataLoader workers, no model, until
-    ``deadline`` or the end of ``folder``."""
+    ``deadline`` or the end of ``folder``; ``source``: the suite's (released sets)."""
     per_image = max(1, suite.views_per_image())
     loader = DataLoader(
-        ViewDataset(folder, suite, model, seed),
+        ViewDataset(folder, suite, model, seed, source),
         batch_size=max(1, -(-options.batch_size // per_image)),
         num_workers=options.worker_count,
         collate_fn=_collate,
@@ -335,7 +337,9 @@ def _views_of(item: dict) -> int:
     """Views a loader item stands for (a device-view suite's item is its one image)."""
     if item.get("on_device"):
         return len(next(iter(item["meta"].values())))
-    return item["views"].shape[0]
+    # Released JPEGs left for the device decoder are views too, still encoded.
+    encoded = item.get("encoded")
+    return item["views"].shape[0] + (len(encoded) if encoded is not None else 0)
 
 
 def end_to_end(
@@ -347,6 +351,7 @@ def end_to_end(
     device: torch.device,
     deadline: Deadline,
     tick: Callable[[int | None], None] = lambda views=None: None,
+    source=None,
 ) -> PhaseResult:
     """The engine's own evaluation loop, stopped cleanly at ``deadline``: the views it
     had queued are run, and its views and seconds are those it really did and spent."""
@@ -364,6 +369,7 @@ def end_to_end(
         options,
         seed=seed,
         device=device,
+        source=source,
         hooks=Hooks(stop=stop, timings=timings),
     )
     return PhaseResult(
@@ -450,6 +456,8 @@ def bench(
     check_budget(seconds, images)
     device = resolve_device(options.device)
     check_batch_fits(options.batch_size, model.preprocessing.crop_size, device)
+    # What the suite reads (a released ImageNet-C set), as `run` reads it.
+    source, _, folder = data_for(suite, folder, device)
     folder = repeat_to(folder, images)
     engine_options = replace(options, quiet=True, skip_bad_images=False)
     share = seconds / (len(PHASES) if baseline is not None else len(PHASES) - 1)
@@ -465,11 +473,13 @@ def bench(
     forward = run(PHASES[0], lambda d, tick: forward_only(model, device, engine_options, d, tick))
     pipeline = run(
         PHASES[1],
-        lambda d, tick: pipeline_only(model, suite, folder, engine_options, seed, d, tick),
+        lambda d, tick: pipeline_only(model, suite, folder, engine_options, seed, d, tick, source),
     )
     evaluation = run(
         PHASES[2],
-        lambda d, tick: end_to_end(model, suite, folder, engine_options, seed, device, d, tick),
+        lambda d, tick: end_to_end(
+            model, suite, folder, engine_options, seed, device, d, tick, source
+        ),
     )
     compared = None
     if baseline is not None:

@@ -45,7 +45,7 @@ from aabench.models.blurpool import FORMS as BLURPOOL_FORMS
 from aabench.models.blurpool import use_form
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import RANK_COLUMNS, Suite
-from aabench.timing import Timings
+from aabench.timing import Timings, timed
 from aabench.transfer import PendingOutputs, StagingRing
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -590,9 +590,11 @@ def evaluate(
             _main_threads(device),
             _progress(options.quiet, suite.name, len(dataset)) as advance,
         ):
-            batches = _batches(loader)
-            for items in hooks.timings.batches(batches) if hooks.timings else batches:
-                items = decode_items(items, device)  # items' JPEGs, if any, on the device
+            # No local name for the loader's iterator: a traceback that keeps this frame
+            # would keep it, and with it the workers, alive.
+            for items in timed(_batches(loader), hooks.timings):
+                with hooks.timings.span("device_decode") if hooks.timings else _untimed:
+                    items = decode_items(items, device)  # items' JPEGs, if any, on the device
                 for item in items:
                     if item["position"] // block != current_block:
                         # A forward pass never mixes two blocks, so its composition, and
@@ -656,6 +658,9 @@ def evaluate(
 # bits refusing a tensor of 2**31 elements or more (seen on an H100: reflect padding
 # of a batch of 65536 views fails so, before any memory runs out).
 _TOO_LARGE = ("out of memory", "32-bit index math", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+_untimed = contextlib.nullcontext()
 
 
 def batch_too_large(error: BaseException) -> bool:

@@ -1,7 +1,8 @@
 """Where the end-to-end time goes: seconds per stage of the evaluation loop.
 
 The main process's stages are timed on the host clock: ``host_wait`` (waiting for the
-loader's next batch, i.e. for decoding), ``upload`` (views into staging and onto the
+loader's next batch, i.e. for decoding), ``device_decode`` (released JPEGs decoded on the
+model's device, ImageNet-C's nvjpeg decoder), ``upload`` (views into staging and onto the
 device), ``forward`` (the model and the output reduction) and ``download`` (waiting for
 outputs to come back); what the main process spends elsewhere (batching, records) is
 ``other``. On a GPU the host only queues the forward, so its device time is also taken
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 
 import torch
 
-HOST_STAGES = ("host_wait", "upload", "forward", "download")
+HOST_STAGES = ("host_wait", "device_decode", "upload", "forward", "download")
 WORKER_STAGES = ("decode", "views")
 
 
@@ -84,6 +85,11 @@ class Timings:
         report["other"] = max(0.0, wall_seconds - sum(self.seconds[s] for s in HOST_STAGES))
         report["forward_device"] = self.forward_device_seconds()
         return report
+
+
+def timed(batches: Iterable, timings: Timings | None) -> Iterable:
+    """``batches``, with its waits timed when there are ``timings``."""
+    return batches if timings is None else timings.batches(batches)
 
 
 def bottleneck(breakdown: dict[str, float | None]) -> str:

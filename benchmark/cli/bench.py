@@ -31,6 +31,7 @@ from aabench.cli.app import (
     command,
 )
 from aabench.cli.model import settle_model
+from aabench.cli.run import flag_assignments
 
 
 @command("bench")
@@ -71,6 +72,15 @@ def bench_command(
         "depend on them), with the model's device, batch size, AMP and memory format.",
     ),
     assignments: list[str] = SET,
+    imagenet_c: str = typer.Option(
+        None, "--imagenet-c", help="Released ImageNet-C root (for --suite imagenet-c)."
+    ),
+    imagenet_p: str = typer.Option(
+        None, "--imagenet-p", help="Released ImageNet-P root (for --suite imagenet-p)."
+    ),
+    generate: bool = typer.Option(
+        False, "--generate", help="imagenet-c / imagenet-p: corrupt or perturb on the fly."
+    ),
     as_json: bool = JSON,
     weights_url: str = WEIGHTS_URL,
     factory_args: list[str] = FACTORY_ARGS,
@@ -93,6 +103,8 @@ def bench_command(
 
     # Every argument, and the weights, are settled before torch is imported.
     check_arguments(seconds, images, batch_size, workers)
+    given = {"--imagenet-c": imagenet_c, "--imagenet-p": imagenet_p, "--generate": generate}
+    assignments = flag_assignments([suite], assignments, given)
     (suite_object,) = build_suites([suite], [get_suite(suite)], assignments)
     loaded = settle_model(
         model, weights, weights_dir, weights_url, 0, factory_args, name,

@@ -45,6 +45,28 @@ from aabench.errors import UserError
 _SIZE_FLAGS = {None: "--crop {}", "crop_size": "--set crop_size={}"}
 
 
+# Flags that stand for a suite parameter: (the parameter, the suites that take it).
+SUITE_FLAGS = {
+    "--imagenet-c": ("imagenet_c", ("imagenet-c",)),
+    "--imagenet-p": ("imagenet_p", ("imagenet-p",)),
+    "--normalize-by": ("normalize_by", ("imagenet-p",)),
+    "--generate": ("generate", ("imagenet-c", "imagenet-p")),
+}
+
+
+def flag_assignments(names: list[str], assignments: list[str], given: dict) -> list[str]:
+    """``assignments`` (``--set``) followed by those of the SUITE_FLAGS given; a flag
+    for a suite that is not run is refused."""
+    for flag, value in given.items():
+        if not value:
+            continue
+        parameter, takers = SUITE_FLAGS[flag]
+        if not any(name in takers for name in names):
+            raise UserError(f"{flag} is for --suite {' or '.join(takers)}: add it to --suite")
+        assignments = [*assignments, f"{parameter}={'true' if value is True else value}"]
+    return assignments
+
+
 @command()
 def run(
     model: str = MODEL,
@@ -111,16 +133,16 @@ def run(
     # else happens. Under torchrun every rank fails the same way.
     seed = checks.seed(seed)
     names = suite_names(suite)
-    for flag, given, assignment, takers in (
-        ("--imagenet-c", imagenet_c, f"imagenet_c={imagenet_c}", ("imagenet-c",)),
-        ("--imagenet-p", imagenet_p, f"imagenet_p={imagenet_p}", ("imagenet-p",)),
-        ("--normalize-by", normalize_by, f"normalize_by={normalize_by}", ("imagenet-p",)),
-        ("--generate", generate, "generate=true", ("imagenet-c", "imagenet-p")),
-    ):
-        if given:
-            if not any(name in takers for name in names):
-                raise UserError(f"{flag} is for --suite {' or '.join(takers)}: add it to --suite")
-            assignments = [*assignments, assignment]
+    assignments = flag_assignments(
+        names,
+        assignments,
+        {
+            "--imagenet-c": imagenet_c,
+            "--imagenet-p": imagenet_p,
+            "--normalize-by": normalize_by,
+            "--generate": generate,
+        },
+    )
     suite_objects = build_suites(names, [get_suite(name) for name in names], assignments)
     # Default weights are found (mirror, cache: verified) or downloaded now, up front.
     loaded = settle_model(

@@ -247,7 +247,7 @@ def test_bench_json_has_the_three_rates(cli):
     assert report["forward_over_baseline"] == (
         report["interleaved_forward_views_per_second"] / report["baseline_forward_views_per_second"]
     )
-    host = ("host_wait", "upload", "forward", "download", "other")
+    host = ("host_wait", "device_decode", "upload", "forward", "download", "other")
     spent = sum(report[f"end_to_end_{stage}_seconds"] for stage in host)
     assert spent == pytest.approx(report["end_to_end_seconds"], rel=1e-9)
     assert report["end_to_end_bottleneck"] in host

@@ -344,3 +344,22 @@ def test_nvjpeg_on_the_gpu_is_within_the_documented_bound_of_pil(cli, tree, tmp_
     agreement = (nvjpeg["pred"][~clean] == pil["pred"][~clean]).mean()
     print(f"top-1 agreement of the decoded cells: {agreement:.4f}")
     assert agreement >= 0.5
+
+
+def test_bench_reads_the_released_cells_and_times_their_device_decode(tree):
+    # bench reads the suite's released set as run does, and counts the cells still
+    # encoded when they leave the workers as views.
+    args = [
+        "bench", "--model", "resnet18_aa", "--weights", "none", "--suite", "imagenet-c",
+        "--data", str(tree["val"]), "--imagenet-c", str(tree["root"]), "--baseline", "none",
+        "--set", "corruptions=gaussian_noise,brightness", "--set", "decoder=nvjpeg",
+        "--batch-size", "4", "--images", "2", "--seconds", "12", "--json", *FAST[:4],
+    ]  # fmt: skip
+    with device_decode_on_the_cpu() as calls:
+        code, out, err = invoke(*args)
+    assert code == 0, err
+    report = json.loads(out)
+    views = len(VAL_FILES) * (1 + len(CELLS))
+    assert (report["pipeline_views"], report["end_to_end_views"]) == (views, views)
+    assert sum(calls) == JPEG_FILES  # the end-to-end phase decoded them on the device
+    assert report["end_to_end_device_decode_seconds"] > 0

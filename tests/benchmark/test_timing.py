@@ -72,6 +72,7 @@ def test_forward_and_decode_are_timed_where_they_happen(monkeypatch, batch_size)
     # Without workers the main process decodes while it waits for the next batch.
     assert stages["host_wait"] == 5 * 0.25
     assert stages["upload"] == stages["download"] == stages["views"] == 0.0
+    assert stages["device_decode"] == 0.0  # PIL decodes these in the dataset
     assert stages["other"] == 0.0 and stages["forward_device"] is None
     assert evaluation.seconds == passes + 5 * 0.25
     assert bottleneck(stages) == "forward"
@@ -79,5 +80,6 @@ def test_forward_and_decode_are_timed_where_they_happen(monkeypatch, batch_size)
 
 def test_the_bottleneck_is_the_largest_main_process_stage():
     stages = {"host_wait": 3.0, "upload": 0.1, "forward": 2.0, "download": 0.0, "other": 1.0}
+    stages["device_decode"] = 0.5
     # Worker stages run beside the main process: never the bottleneck themselves.
     assert bottleneck({**stages, "decode": 9.0, "views": 9.0}) == "host_wait"
