@@ -29,6 +29,7 @@ from torch import nn
 from aabench import checks
 from aabench.errors import UserError
 from aabench.models import custom
+from aabench.models.blurpool import BlurPool
 from aabench.models.catalogue import ModelSpec
 from aabench.models.preprocessing import Preprocessing
 from aabench.models.weights import RANDOM_WEIGHTS, own_weights, read_state_dict
@@ -266,21 +267,35 @@ def in_memory_model(
 
 @contextlib.contextmanager
 def kept_modes(module: nn.Module):
-    """Restore every submodule's train/eval flag afterwards (a model may hold frozen
-    BatchNorms in eval inside a training model), and the memory format of its 4-D
-    parameters and buffers (channels-last conversion is done in place)."""
-    modes = [(sub, sub.training) for sub in module.modules()]
-    tensors = [*module.parameters(), *module.buffers()]
-    formats = [(t, t.is_contiguous()) for t in tensors if t.dim() == 4]
+    """Give the caller's module back as it was: every submodule's train/eval flag (a
+    model may hold frozen BatchNorms in eval inside a training model), class and
+    BlurPool form (aabench.models.blurpool.use_form changes them), and its parameters'
+    and buffers' tensors themselves (a channels-last conversion replaces them, and
+    under inference mode with inference tensors, which could not be trained)."""
+    subs = list(module.modules())
+    kept = [(sub, sub.training, sub.__class__, getattr(sub, "form", None)) for sub in subs]
+    parameters = [
+        (sub, name, p, p.data)
+        for sub in subs
+        for name, p in sub._parameters.items()
+        if p is not None
+    ]
+    buffers = [(sub, dict(sub._buffers)) for sub in subs]
     try:
         yield
     finally:
-        for sub, training in modes:
+        for sub, training, kind, form in kept:
             sub.training = training
-        with torch.no_grad():
-            for tensor, contiguous in formats:
-                if contiguous and not tensor.is_contiguous():
-                    tensor.data = tensor.data.contiguous()
+            sub.__class__ = kind
+            if isinstance(sub, BlurPool):
+                sub.form = form
+        with torch.inference_mode(False), torch.no_grad():
+            for sub, name, parameter, data in parameters:
+                parameter.data = data
+                sub._parameters[name] = parameter
+        for sub, own in buffers:
+            sub._buffers.clear()
+            sub._buffers.update(own)
 
 
 # ------------------------------------------------------------------- distributed

@@ -14,6 +14,7 @@ from torch import nn
 
 import aabench
 from aabench.errors import UserError
+from aabench.models.blurpool import BlurPool
 from aabench.models.preprocessing import Preprocessing
 from tests.benchmark.test_distributed import ROOT, TIMEOUT, environment, free_port
 
@@ -90,13 +91,38 @@ def test_train_mode_is_restored_and_eval_used_meanwhile():
     )
 
 
-def test_memory_format_is_the_measured_one_and_a_callers_module_keeps_its_layout():
+class Blurred(nn.Module):
+    """An anti-aliased block (max pool, BlurPool) with a 4-D buffer of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3)
+        self.pool = nn.MaxPool2d(2, stride=1)
+        self.blur = BlurPool(6)
+        self.register_buffer("scale", torch.ones(1, 6, 1, 1) * 0.5 + torch.zeros(1, 6, 2, 2))
+        self.head = nn.Linear(6, 1000)
+
+    def forward(self, x):
+        x = self.blur(self.pool(self.conv(x))) * self.scale.mean()
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_memory_format_is_the_measured_one_and_a_callers_module_is_given_back():
     named = aabench.evaluate("resnet18_aa", "accuracy", weights="none", limit=1, workers=0)
     assert named.provenance["channels_last"] is True  # measured faster on the CPU
-    module = model()
-    own = aabench.evaluate(module, "accuracy", preprocessing=SMALL, workers=0)
+    module = Blurred()
+    before = {name: t for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    with torch.inference_mode():  # as a training script's validation step may call it
+        own = aabench.evaluate(module, "accuracy", preprocessing=SMALL, workers=0)
     assert own.provenance["channels_last"] is True
-    assert module.conv.weight.is_contiguous()  # converted for the run, then given back
+    assert own.provenance["blurpool"] == {"reference": 1, "shifted_max": 1}
+    # The very tensors, classes and forms it had: not converted, not inference tensors.
+    after = dict([*module.named_parameters(), *module.named_buffers()])
+    assert all(after[name] is tensor for name, tensor in before.items())
+    assert all(t.is_contiguous() and not t.is_inference() for t in after.values())
+    assert type(module.pool) is nn.MaxPool2d and module.blur.form == "reference"
+    module(torch.zeros(1, 3, 16, 16)).sum().backward()  # it still trains
+    assert module.conv.weight.grad is not None
     plain = aabench.evaluate(
         module, "accuracy", preprocessing=SMALL, workers=0, channels_last=False
     )
