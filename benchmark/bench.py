@@ -272,12 +272,6 @@ def against_baseline(
     """The model and ``baseline`` forward-only in BASELINE_ROUNDS interleaved rounds
     within ``share`` seconds (warm-up included), and F from their own FLOPs."""
     size = model.preprocessing.crop_size
-    if baseline.preprocessing.crop_size != size:
-        raise UserError(
-            f"the baseline {baseline.name} takes {baseline.preprocessing.crop_size}-pixel "
-            f"inputs and {model.name} {size}-pixel ones: compare models of one input size "
-            "(--baseline NAME, or --baseline none)"
-        )
     ratio = flop_ratio(baseline.module, model.module, size)
     start = clock()
     with _fitting(options.batch_size, device):
@@ -438,6 +432,17 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def check_same_input(model: LoadedModel, baseline: LoadedModel) -> None:
+    """The forward ratio compares passes over inputs of one size."""
+    size, theirs = model.preprocessing.crop_size, baseline.preprocessing.crop_size
+    if theirs != size:
+        raise UserError(
+            f"the baseline {baseline.name} takes {theirs}-pixel inputs and {model.name} "
+            f"{size}-pixel ones: compare models of one input size (--baseline NAME, or "
+            "--baseline none)"
+        )
+
+
 def bench(
     model: LoadedModel,
     suite: Suite,
@@ -454,6 +459,8 @@ def bench(
     three, and a fourth against ``baseline`` if given; progress on stderr unless
     ``quiet``."""
     check_budget(seconds, images)
+    if baseline is not None:
+        check_same_input(model, baseline)
     device = resolve_device(options.device)
     check_batch_fits(options.batch_size, model.preprocessing.crop_size, device)
     # What the suite reads (a released ImageNet-C set), as `run` reads it.

@@ -11,8 +11,8 @@ exactly on the generator's JPEGs (tests/benchmark/test_device_decode.py), so the
 is tested without a GPU. nvJPEG may differ from libjpeg by a level or so in some pixels:
 the decoder is recorded in the provenance and `compare` refuses to mix decoders.
 
-A file the batched call rejects fails the whole call; the image's files are then
-decoded one at a time, and one that the device rejects is decoded by PIL on the CPU as
+A file the batched call rejects fails the whole call; the files of that loader batch
+are then decoded one at a time, and one that the device rejects is decoded by PIL on the CPU as
 the ``pil`` decoder would: a file PIL cannot decode either is a bad image, with the
 reason the ``pil`` decoder gives.
 """

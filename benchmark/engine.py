@@ -439,7 +439,8 @@ class PreparedModel:
         device. A plain copy: the pinned staging buffer is reused only after a pass
         has read its results back, and sources are uploaded ahead of their passes."""
         image = image if image.dim() == 4 else image[None]
-        return image.to(self.device).float()
+        with self.timings.span("upload") if self.timings else _untimed:
+            return image.to(self.device).float()
 
     @torch.inference_mode()
     def make_views(self, source: torch.Tensor, meta: dict[str, np.ndarray]) -> torch.Tensor:
@@ -640,6 +641,7 @@ def evaluate(
             with contextlib.suppress(Exception):
                 take()
         raise
+    batcher.wait()  # the last passes' time belongs to the run (on a GPU they are still going)
     seconds = time.perf_counter() - start
     take(final=True)
     finished = Part.join(parts)
@@ -869,6 +871,11 @@ class _ViewBatcher:
         self.pending_labels = [labels[count:]] if rest else []
         self.pending_count = rest
         return count
+
+    def wait(self) -> None:
+        """Until every queued pass's outputs are on the host."""
+        for output in self.outputs:
+            output.result()
 
     def _finished_items(self, before: int | None = None) -> tuple[int, int]:
         """(images, views) of the queue's first images whose every view has run and

@@ -45,10 +45,11 @@ class Timings:
                 yield
             return
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
+        stream = torch.cuda.current_stream(self.device)  # the model's, not cuda:0's
+        begin.record(stream)
         with self.span("forward"):
             yield
-        end.record()
+        end.record(stream)
         self._device_events.append((begin, end))
 
     def add_worker(self, seconds: dict[str, float]) -> None:

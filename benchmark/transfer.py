@@ -25,6 +25,7 @@ class PendingOutputs:
         self.count = count
         self._timings = timings  # aabench.timing.Timings: waiting counts as download
         self._event = None
+        device = None
         self._host: dict[str, torch.Tensor | np.ndarray] = {}
         for key, value in outputs.items():
             if isinstance(value, torch.Tensor) and value.device.type == "cuda":
@@ -32,12 +33,14 @@ class PendingOutputs:
                 host.copy_(value, non_blocking=True)
                 self._host[key] = host
                 if self._event is None:
-                    self._event = torch.cuda.Event()
+                    self._event, device = torch.cuda.Event(), value.device
             else:
                 self._host[key] = value
         if self._event is not None:
             # Recorded after every copy of the pass: its completion means all arrived.
-            self._event.record()
+            # On the stream the copies went to: the outputs' device's, which need not be
+            # the current device (--device cuda:1).
+            self._event.record(torch.cuda.current_stream(device))
         self._result: dict[str, np.ndarray] | None = None
 
     @property

@@ -61,7 +61,7 @@ def shift_run_rate(data: Path, out: Path) -> float:
         "run", "--model", "resnet18_aa", "--weights", "none", "--suite", "shift",
         "--data", str(data), "--batch-size", "16", "--out", str(out), "--quiet", "--json",
     )  # fmt: skip
-    provenance = json.loads((out / "resnet18_aa" / "shift.provenance.json").read_text())
+    provenance = json.loads((out / "resnet18_aa" / "shift.json").read_text())
     return provenance["views_per_second"]
 
 

@@ -134,7 +134,12 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50_aa")
     parser.add_argument("--amp", default="bf16")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="processes of make-imagenet-c (the runs keep run's default workers)",
+    )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagenet-c-decoders-"))

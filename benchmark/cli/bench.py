@@ -51,9 +51,10 @@ def bench_command(
     seconds: float = typer.Option(
         10.0,
         "--seconds",
-        help="Time budget of the whole bench: a third for each phase (forward-only, "
-        "pipeline-only, end-to-end), warm-up included; each phase runs at least one "
-        "batch. Loading the model and scanning --data come before and are not counted.",
+        help="Time budget of the whole bench: an equal share for each phase "
+        "(forward-only, pipeline-only, end-to-end, and against the baseline if there is "
+        "one), warm-up included; each phase runs at least one batch. Loading the model "
+        "and scanning --data come before and are not counted.",
     ),
     device: str = DEVICE,
     batch_size: int = BATCH_SIZE,

@@ -147,6 +147,17 @@ def test_the_baseline_phase_alternates_rounds_and_bounds_the_ratio_by_f():
     assert compared.of_flop_ratio == compared.forward_ratio / compared.flop_ratio
 
 
+def test_a_baseline_of_another_input_size_is_refused_before_any_phase():
+    model, baseline = tiny_model(name="tiny_aa"), tiny_model()
+    baseline.base_preprocessing = Preprocessing(resize_size=72, crop_size=64)
+    calls = []
+    model.module.register_forward_pre_hook(lambda *_: calls.append("model"))
+    message = "the baseline tiny takes 64-pixel inputs and tiny_aa 32-pixel ones"
+    with pytest.raises(UserError, match=message):
+        bench(model, SHIFT, open_image_folder("sample"), OPTIONS, images=2, baseline=baseline)
+    assert calls == []  # no phase spent its budget first
+
+
 def test_progress_on_stderr_for_every_phase(capsys):
     bench(
         tiny_model(),

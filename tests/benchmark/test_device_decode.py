@@ -343,7 +343,14 @@ def test_nvjpeg_on_the_gpu_is_within_the_documented_bound_of_pil(cli, tree, tmp_
     assert (nvjpeg["pred"][clean] == pil["pred"][clean]).all()
     agreement = (nvjpeg["pred"][~clean] == pil["pred"][~clean]).mean()
     print(f"top-1 agreement of the decoded cells: {agreement:.4f}")
-    assert agreement >= 0.5
+    # Each cell's view sits at its place: the cells of an image differ by 8 levels of
+    # brightness, the decoders by about one, so every nvjpeg record's p(true) is nearest
+    # to the pil record of its own cell among that image's records.
+    for _, image in pil.groupby("sample"):
+        theirs = nvjpeg.loc[image.index, "p_true"].to_numpy()
+        ours = image["p_true"].to_numpy()
+        nearest = np.abs(theirs[:, None] - ours[None, :]).argmin(axis=1)
+        assert (nearest == np.arange(len(ours))).all()
 
 
 def test_bench_reads_the_released_cells_and_times_their_device_decode(tree):

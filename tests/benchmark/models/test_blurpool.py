@@ -303,3 +303,13 @@ def test_an_antialiased_resnet_gives_the_same_logits_in_every_form(fuse_every_ma
             assert use_form(model, form) == {form: 7, "shifted_max": 1}
             error = (model(x) - reference).abs().max().item()
             assert error <= 1e-5 * reference.abs().max().item(), form
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 1, 5), (1, 2, 5, 1)])
+def test_shifted_max_of_a_map_without_a_window_fails_as_max_pool2d(shape):
+    x = torch.zeros(shape)
+    with pytest.raises(RuntimeError) as expected:
+        F.max_pool2d(x, kernel_size=2, stride=1)
+    with pytest.raises(RuntimeError) as got:
+        ShiftedMaxPool2d(kernel_size=2, stride=1)(x)
+    assert str(got.value) == str(expected.value)
