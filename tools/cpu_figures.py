@@ -30,7 +30,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "benchmark" / "data" / "sample"
 
 def cycled_folder(root: Path, images: int) -> Path:
     """An ImageFolder of ``images`` files: the embedded images copied in turn."""
-    sources = sorted(p for p in SAMPLE.rglob("*") if p.is_file())
+    sources = sorted(p for p in SAMPLE.glob("n*/*") if p.is_file())  # <wnid>/<image>
     for i in range(images):
         source = sources[i % len(sources)]
         target = root / source.parent.name / f"{i:04d}{source.suffix}"
@@ -48,10 +48,11 @@ def aabench(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
-def bench(model: str, suite: str, data: Path, seconds: float, *extra: str) -> dict:
+def bench(model: str, suite: str, data: Path, args, *extra: str) -> dict:
     return aabench(
         "bench", "--model", model, "--weights", "none", "--suite", suite, "--data", str(data),
-        "--batch-size", "16", "--images", "64", "--seconds", str(seconds), "--json", *extra,
+        "--batch-size", "16", "--images", str(args.images), "--seconds", str(args.seconds),
+        "--json", *extra,
     )  # fmt: skip
 
 
@@ -80,14 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=60.0, help="budget of each bench")
+    parser.add_argument("--images", type=int, default=64, help="the sample images cycled")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     figures: dict = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        data = cycled_folder(root / "val", 64)
+        data = cycled_folder(root / "val", args.images)
         for model in ("resnet18_aa", "resnet50_aa"):
-            report = bench(model, "shift", data, args.seconds)
+            report = bench(model, "shift", data, args)
             figures[f"bench shift {model}"] = report
             print(
                 f"{model}: shift e2e/forward {report['end_to_end_over_forward']:.3f}, "
@@ -109,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"aabench / reference loop: {figures['shift against the reference loop']}")
         # 16 images corrupted (the bench cycles them to 64).
-        small, tree = cycled_folder(root / "val16", 16), root / "imagenet-c"
+        small, tree = cycled_folder(root / "val16", min(16, args.images)), root / "imagenet-c"
         subprocess.run(
             [sys.executable, "-m", "aabench", "make-imagenet-c", "--data", str(small),
              "--out", str(tree), "--corruptions", "noise,digital", "--quiet"],
             check=True, capture_output=True,
         )  # fmt: skip
         report = bench(
-            "resnet18_aa", "imagenet-c", small, args.seconds, "--imagenet-c", str(tree),
+            "resnet18_aa", "imagenet-c", small, args, "--imagenet-c", str(tree),
             "--set", "corruptions=noise,digital", "--baseline", "none",
         )  # fmt: skip
         figures["bench imagenet-c resnet18_aa"] = report
