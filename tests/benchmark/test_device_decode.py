@@ -21,39 +21,15 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from aabench import device_decode
-from aabench.cli import main
 from aabench.data import corruptions as C
 from aabench.suites import imagenet_c
 from tests.catalogue import FAST
-from tests.helpers import GOLDFISH, TENCH
+from tests.suites.test_imagenet_c import VAL_FILES, invoke, make_val  # the same tiny val set
 
-VAL_FILES = [f"{TENCH}/ILSVRC2012_val_00000001.JPEG", f"{GOLDFISH}/ILSVRC2012_val_00000002.JPEG"]
 CELLS = [("gaussian_noise", 1), ("gaussian_noise", 2), ("brightness", 1)]
 # A released file whose bytes are a PNG under its .JPEG name: decoded in the worker.
 PNG_CELL = ("brightness", 1, VAL_FILES[1])
 JPEG_FILES = len(VAL_FILES) * len(CELLS) - 1
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    """The CLI in-process, outside a test's capsys (module-scoped runs)."""
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-        pytest.raises(SystemExit) as exited,
-    ):
-        main(list(args))
-    code = exited.value.code
-    return (0 if code is None else code), out.getvalue(), err.getvalue()
-
-
-def make_val(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for name in VAL_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (260, 300, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / name, quality=95)
-    return root
 
 
 def make_released(root: Path, val: Path) -> Path:
