@@ -45,7 +45,7 @@ from aabench.models.blurpool import FORMS as BLURPOOL_FORMS
 from aabench.models.blurpool import use_form
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import RANK_COLUMNS, Suite
-from aabench.timing import Timings, timed
+from aabench.timing import Timings, span, timed
 from aabench.transfer import PendingOutputs, StagingRing
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -417,9 +417,7 @@ class PreparedModel:
         on an upload stream of their own (transfer.StagingRing): pinning every image's
         views as it arrives (DataLoader's pin_memory) costs a pinned allocation per
         image, which made a 10-view suite 4x slower on an H100."""
-        if self.timings is None:
-            return self._staging.upload(views)
-        with self.timings.span("upload"):
+        with span(self.timings, "upload"):
             return self._staging.upload(views)
 
     def inputs(self, views: torch.Tensor) -> torch.Tensor:
@@ -439,7 +437,7 @@ class PreparedModel:
         device. A plain copy: the pinned staging buffer is reused only after a pass
         has read its results back, and sources are uploaded ahead of their passes."""
         image = image if image.dim() == 4 else image[None]
-        with self.timings.span("upload") if self.timings else _untimed:
+        with span(self.timings, "upload"):
             return image.to(self.device).float()
 
     @torch.inference_mode()
@@ -482,7 +480,7 @@ class PreparedModel:
         ``normalised``: ``views`` are already the model's input on the device (made
         there by the suite)."""
         x = views if normalised else self.inputs(views)
-        with self.timings.forward_span() if self.timings else contextlib.nullcontext():
+        with span(self.timings, "forward"):
             outputs = self._reduced(x, labels, info)
         return PendingOutputs(outputs, int(x.shape[0]), self.timings)
 
@@ -594,7 +592,7 @@ def evaluate(
             # No local name for the loader's iterator: a traceback that keeps this frame
             # would keep it, and with it the workers, alive.
             for items in timed(_batches(loader), hooks.timings):
-                with hooks.timings.span("device_decode") if hooks.timings else _untimed:
+                with span(hooks.timings, "device_decode"):
                     items = decode_items(items, device)  # items' JPEGs, if any, on the device
                 for item in items:
                     if item["position"] // block != current_block:
@@ -660,9 +658,6 @@ def evaluate(
 # bits refusing a tensor of 2**31 elements or more (seen on an H100: reflect padding
 # of a batch of 65536 views fails so, before any memory runs out).
 _TOO_LARGE = ("out of memory", "32-bit index math", "CUDNN_STATUS_ALLOC_FAILED")
-
-
-_untimed = contextlib.nullcontext()
 
 
 def batch_too_large(error: BaseException) -> bool:

@@ -13,6 +13,7 @@ with each other, so they are worker-seconds, not a share of the wall time.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -86,6 +87,17 @@ class Timings:
         report["other"] = max(0.0, wall_seconds - sum(self.seconds[s] for s in HOST_STAGES))
         report["forward_device"] = self.forward_device_seconds()
         return report
+
+
+_UNTIMED = contextlib.nullcontext()
+
+
+def span(timings: Timings | None, stage: str):
+    """The context that times ``stage`` in ``timings`` (the forward by device events
+    too), or nothing without timings."""
+    if timings is None:
+        return _UNTIMED
+    return timings.forward_span() if stage == "forward" else timings.span(stage)
 
 
 def timed(batches: Iterable, timings: Timings | None) -> Iterable:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from aabench.timing import span
+
 
 class PendingOutputs:
     """One pass's outputs (``{column: tensor}``, ``count`` views) on their way to the
@@ -54,11 +56,8 @@ class PendingOutputs:
     def result(self) -> dict[str, np.ndarray]:
         if self._result is None:
             if self._event is not None:
-                if self._timings is None:
+                with span(self._timings, "download"):
                     self._event.synchronize()
-                else:
-                    with self._timings.span("download"):
-                        self._event.synchronize()
             self._result = {key: _numpy(value) for key, value in self._host.items()}
             self._host = {}
         return self._result
