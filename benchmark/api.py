@@ -94,6 +94,7 @@ def evaluate(
     channels_last: bool | None = None,
     compile: bool = False,
     blurpool: str = "auto",
+    fold_batchnorm: bool | None = None,
     quiet: bool = True,
     skip_bad_images: bool = False,
     **suite_params,
@@ -112,6 +113,9 @@ def evaluate(
     ``name``: the model's name in the outputs (default: the module's class name).
     ``channels_last``: None for the memory format measured faster on the device
     (channels-last on the CPU and CUDA); a module you pass gets its own layout back.
+    ``fold_batchnorm``: None to compute each BatchNorm inside the convolution before it
+    where that was measured faster (the CPU), True or False to choose; a module you pass
+    gets its own modules back.
     ``suite_params``: the suite's parameters (`aabench suites` lists them), as values or
     as the strings ``--set`` takes.
     """
@@ -152,6 +156,7 @@ def evaluate(
         channels_last=channels_last,
         compile=compile,
         blurpool=blurpool,
+        fold_batchnorm=fold_batchnorm,
         quiet=quiet or not world.is_main,
         skip_bad_images=skip_bad_images,
     )

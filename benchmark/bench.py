@@ -466,7 +466,9 @@ def bench(
     # What the suite reads (a released ImageNet-C set), as `run` reads it.
     source, _, folder = data_for(suite, folder, device)
     folder = repeat_to(folder, images)
-    engine_options = replace(options, quiet=True, skip_bad_images=False)
+    # Folding resolved once, with the suite: every phase and the baseline alike.
+    fold = options.folds_batchnorm(device, suite)
+    engine_options = replace(options, quiet=True, skip_bad_images=False, fold_batchnorm=fold)
     share = seconds / (len(PHASES) if baseline is not None else len(PHASES) - 1)
     display = PhaseDisplay(quiet, share)
 

@@ -43,6 +43,7 @@ from aabench.data.folder import ImageFolder
 from aabench.errors import UserError
 from aabench.models.blurpool import FORMS as BLURPOOL_FORMS
 from aabench.models.blurpool import use_form
+from aabench.models.folding import fold_batchnorms, folding_is_faster
 from aabench.models.zoo import LoadedModel
 from aabench.suites.base import RANK_COLUMNS, Suite
 from aabench.timing import Timings, span, timed
@@ -70,6 +71,7 @@ class EngineOptions:
     quiet: bool = False
     skip_bad_images: bool = False
     blurpool: str = "auto"  # BlurPool's form: auto = the fastest measured for the device
+    fold_batchnorm: bool | None = None  # None: where measured faster for the device
 
     def __post_init__(self):
         if self.amp not in AMP_DTYPES:
@@ -88,6 +90,24 @@ class EngineOptions:
         if self.channels_last is None:
             return CHANNELS_LAST_FASTER.get(device.type, False)
         return self.channels_last
+
+    def folds_batchnorm(self, device: torch.device, suite: Suite | None = None) -> bool:
+        """Whether BatchNorms are folded into their convolutions (models.folding): never
+        for a suite that measures layer outputs, which folding would change."""
+        if suite is not None and suite.observes_layers:
+            self.check_folding(suite)
+            return False
+        if self.fold_batchnorm is None:
+            return folding_is_faster(device, self.uses_channels_last(device))
+        return self.fold_batchnorm
+
+    def check_folding(self, suite: Suite) -> None:
+        """Refuse --fold-batchnorm for a suite that measures layer outputs."""
+        if suite.observes_layers and self.fold_batchnorm:
+            raise UserError(
+                f"--fold-batchnorm: the {suite.name} suite measures layer outputs, which "
+                "folding changes; run it without the flag"
+            )
 
     @property
     def worker_count(self) -> int:
@@ -397,6 +417,7 @@ class PreparedModel:
         module = model.module.to(device).eval()
         # After the weights are loaded: whether a form computes a filter depends on it.
         self.blurpool = use_form(module, options.blurpool, device, self.channels_last)
+        self.folded_batchnorms = fold_batchnorms(module, options.folds_batchnorm(device, suite))
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = torch.compile(module) if options.compile else module

@@ -33,6 +33,7 @@ from aabench.distributed import World
 from aabench.engine import EngineOptions, Hooks, Part, block_size, evaluate, resolve_device
 from aabench.errors import UserError
 from aabench.models.blurpool import use_form
+from aabench.models.folding import fold_batchnorms
 from aabench.models.weights import RANDOM_WEIGHTS_WARNING, WeightsRecord
 from aabench.models.zoo import LoadedModel
 from aabench.results.files import json_writer, table_writer, write_together
@@ -220,6 +221,7 @@ def _run_suite(
         "channels_last": options.uses_channels_last(device),
         "compile": options.compile,
         "blurpool": blurpool_forms(model, options, device),
+        "folded_batchnorms": folded_batchnorms(model, options, device, suite),
     }
     partial = (
         PartialRun(partial_directory(out, model.name, suite.name), identity, world.rank, session)
@@ -300,6 +302,8 @@ def _run_suite(
         "compile": options.compile,
         # BlurPool's form per module count ({"reference": 11}): what computed the numbers.
         "blurpool": blurpool_forms(model, options, device),
+        # BatchNorms computed inside their convolutions (models.folding), 0: none.
+        "folded_batchnorms": folded_batchnorms(model, options, device, suite),
         "batch_size": options.batch_size,
         "batch_size_halvings": [size for _, _, halvings in ranks for size in halvings],
         "workers": options.worker_count,
@@ -362,3 +366,9 @@ def check_unfinished(
 def blurpool_forms(model: LoadedModel, options: EngineOptions, device) -> dict[str, int]:
     """The form each BlurPool of the model computes in (as the engine sets them)."""
     return use_form(model.module, options.blurpool, device, options.uses_channels_last(device))
+
+
+def folded_batchnorms(model: LoadedModel, options: EngineOptions, device, suite: Suite) -> int:
+    """How many BatchNorms the engine folds into their convolutions (it folds in eval
+    mode, which a caller's module may not be in yet)."""
+    return fold_batchnorms(model.module.eval(), options.folds_batchnorm(device, suite))

@@ -91,6 +91,10 @@ class Suite(abc.ABC):
     # Whether the views are made on the device from one uploaded image (Views.on_device):
     # then only their count, not their pixels, is held per image.
     views_on_device: ClassVar[bool] = False
+    # Whether the suite measures what modules inside the model output (forward hooks):
+    # then BatchNorms are not folded into their convolutions (models.folding), which
+    # would change what a convolution outputs.
+    observes_layers: ClassVar[bool] = False
 
     def view_size(self, preprocessing: Preprocessing) -> int:
         """The side of the square views the model sees."""

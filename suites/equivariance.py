@@ -67,6 +67,7 @@ class EquivarianceSuite(Suite):
         ),
     }
     dimensions = ("layer", "depth", "dh", "dw")
+    observes_layers = True
 
     max_shift: int = 8  # offsets (dh, dw) in {0 .. max_shift-1}^2
     layers: str = "auto"  # or name,name (module names; name:input for a module's input)

@@ -10,7 +10,9 @@ rounds in views/s, its ratio to the baseline's median, the ratio of the best rou
 (load only slows a variant down) and the range of the per-round ratios. The fastest form
 per (device, channels-last) belongs in aabench.models.blurpool.FASTEST; a variant
 FORM:shifted or FORM:max_pool2d forces how the 2x2 stride-1 max pools are computed
-(SHIFTED_MAX_FASTER).
+(SHIFTED_MAX_FASTER), and FORM:folded (combinable: FORM:shifted:folded) folds the
+BatchNorms into their convolutions (aabench.models.folding.FOLDING_FASTER); with
+--fold-baseline the baseline is measured folded too, for the ratio of like with like.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from aabench.flops import flop_ratio
 from aabench.models.blurpool import FORMS, use_form
+from aabench.models.folding import fold_batchnorms
 from aabench.models.zoo import create_model
 
 AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,13 +35,19 @@ AMP = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def module_for(name: str, device: str, channels_last: bool, variant: str | None):
     """``variant``: a BlurPool form, optionally with the max pools' computation forced
-    (":shifted" or ":max_pool2d"); None for a baseline."""
+    (":shifted" or ":max_pool2d") and the BatchNorms folded (":folded"); None for a
+    baseline as torchvision computes it, "folded" for one with its BatchNorms folded."""
     module = create_model(name, weights="none").module.eval()
-    if variant is not None:
-        form, _, max_pool = variant.partition(":")
-        shifted_max = {"": None, "shifted": True, "max_pool2d": False}[max_pool]
+    form, *modifiers = (variant or "").split(":")
+    if form == "folded":
+        form, modifiers = "", ["folded"]
+    if form:
+        shifted_max = None
+        if "shifted" in modifiers or "max_pool2d" in modifiers:
+            shifted_max = "shifted" in modifiers
         use_form(module, form, device, channels_last, shifted_max=shifted_max)
     module = module.to(device)
+    fold_batchnorms(module, "folded" in modifiers)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     return module
@@ -78,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         default=",".join(FORMS),
         help="BlurPool forms to measure, each optionally FORM:shifted or FORM:max_pool2d "
-        "to force how the 2x2 stride-1 max pools are computed",
+        "to force how the 2x2 stride-1 max pools are computed, and :folded to fold the "
+        "BatchNorms",
+    )
+    parser.add_argument(
+        "--fold-baseline", action="store_true", help="fold the baseline's BatchNorms too"
     )
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
@@ -93,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(args.batch_size, 3, 224, 224, device=args.device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            variants = {"baseline": module_for(arch, args.device, channels_last, None)}
+            folded = "folded" if args.fold_baseline else None
+            variants = {"baseline": module_for(arch, args.device, channels_last, folded)}
             forms = args.variants.split(",")
             for form in forms:
                 variants[form] = module_for(f"{arch}_aa", args.device, channels_last, form)
@@ -119,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size,
                 "rounds": args.rounds,
                 "flop_ratio": round(f_ratio, 4),
+                "baseline_folded": args.fold_baseline,
                 "views_per_s": {name: round(v, 2) for name, v in medians.items()},
                 "best_views_per_s": {name: round(v, 2) for name, v in bests.items()},
                 "round_ratio_range": {

@@ -26,11 +26,12 @@ step install 60 sh -c 'python -m pip install --quiet --disable-pip-version-check
 # The GPU tests the CPU suite skips, and the overlapped pipeline's records on a real
 # device (late outputs, staging reuse).
 step gpu-tests 100 python -m pytest -q -x tests/benchmark/test_api.py tests/benchmark/test_transfer.py tests/benchmark/test_engine.py
-# BlurPool's forms (and the shifted max pool) against the baseline, bf16, channels-last,
-# batch 256, with F: the winner belongs in FASTEST / SHIFTED_MAX_FASTER for CUDA.
+# BlurPool's forms (and the shifted max pool, and BatchNorms folded) against the
+# baseline, bf16, channels-last, batch 256, with F: the winners belong in FASTEST /
+# SHIFTED_MAX_FASTER / FOLDING_FASTER for CUDA.
 step blurpool-forms 90 python tools/blurpool_forms.py --device cuda --amp bf16 --batch-size 256 \
-    --seconds 1.5 --rounds 3 --layouts channels-last \
-    --variants reference,fused,separable,cascade,reference:shifted \
+    --seconds 1 --rounds 3 --layouts channels-last \
+    --variants reference,fused,separable,cascade,reference:shifted,reference:folded,fused:folded \
     --json "$OUT/blurpool-forms.json"
 # The shift suite end to end against forward-only, resnet50_aa against resnet50 beside
 # F, and where the end-to-end time goes; each form (the sample set, cycled).

@@ -60,6 +60,12 @@ BLURPOOL = typer.Option(
     help="BlurPool's form: auto (the fastest measured for the device), reference, "
     "separable, cascade or fused; all give the same outputs to float rounding.",
 )
+FOLD_BATCHNORM = typer.Option(
+    None,
+    "--fold-batchnorm/--no-fold-batchnorm",
+    help="Compute each BatchNorm inside the convolution before it (the same outputs to "
+    "float rounding). Default: where measured faster (on for CPU).",
+)
 SET = typer.Option([], "--set", help="Override a suite parameter: --set key=value (repeatable).")
 JSON = typer.Option(False, "--json", help="Print JSON for machines.")
 WEIGHTS_URL = typer.Option(

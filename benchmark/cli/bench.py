@@ -16,6 +16,7 @@ from aabench.cli.app import (
     DATA,
     DEVICE,
     FACTORY_ARGS,
+    FOLD_BATCHNORM,
     INTERPOLATION,
     JSON,
     MEAN,
@@ -63,6 +64,7 @@ def bench_command(
     channels_last: bool = CHANNELS_LAST,
     compile_model: bool = COMPILE,
     blurpool: str = BLURPOOL,
+    fold_batchnorm: bool = FOLD_BATCHNORM,
     baseline: str = typer.Option(
         "auto",
         "--baseline",
@@ -127,6 +129,7 @@ def bench_command(
         channels_last=channels_last,
         compile=compile_model,
         blurpool=blurpool,
+        fold_batchnorm=fold_batchnorm,
     )
     loaded.build()
     folder = open_image_folder(data)

@@ -22,6 +22,7 @@ from aabench.cli.app import (
     DATA,
     DEVICE,
     FACTORY_ARGS,
+    FOLD_BATCHNORM,
     INTERPOLATION,
     JSON,
     MEAN,
@@ -82,6 +83,7 @@ def run(
     channels_last: bool = CHANNELS_LAST,
     compile_model: bool = COMPILE,
     blurpool: str = BLURPOOL,
+    fold_batchnorm: bool = FOLD_BATCHNORM,
     limit: int = typer.Option(None, "--limit", help="Evaluate a deterministic subset of N."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
     assignments: list[str] = SET,
@@ -185,9 +187,12 @@ def run(
         channels_last=channels_last,
         compile=compile_model,
         blurpool=blurpool,
+        fold_batchnorm=fold_batchnorm,
         quiet=quiet or as_json or not world.is_main,
         skip_bad_images=skip_bad_images,
     )
+    for suite_object in suite_objects:
+        options.check_folding(suite_object)
     loaded.build()
     # Before any image is read: views the model's downsampling cannot take are one
     # line, not a traceback from the first batch.

@@ -92,18 +92,20 @@ def test_train_mode_is_restored_and_eval_used_meanwhile():
 
 
 class Blurred(nn.Module):
-    """An anti-aliased block (max pool, BlurPool) with a 4-D buffer of its own."""
+    """An anti-aliased block (conv, BatchNorm, max pool, BlurPool) with a 4-D buffer of
+    its own."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3)
+        self.bn = nn.BatchNorm2d(6)
         self.pool = nn.MaxPool2d(2, stride=1)
         self.blur = BlurPool(6)
         self.register_buffer("scale", torch.ones(1, 6, 1, 1) * 0.5 + torch.zeros(1, 6, 2, 2))
         self.head = nn.Linear(6, 1000)
 
     def forward(self, x):
-        x = self.blur(self.pool(self.conv(x))) * self.scale.mean()
+        x = self.blur(self.pool(self.bn(self.conv(x)))) * self.scale.mean()
         return self.head(x.mean(dim=(2, 3)))
 
 
@@ -116,17 +118,23 @@ def test_memory_format_is_the_measured_one_and_a_callers_module_is_given_back():
         own = aabench.evaluate(module, "accuracy", preprocessing=SMALL, workers=0)
     assert own.provenance["channels_last"] is True
     assert own.provenance["blurpool"] == {"reference": 1, "shifted_max": 1}
-    # The very tensors, classes and forms it had: not converted, not inference tensors.
+    assert own.provenance["folded_batchnorms"] == 1  # measured faster on the CPU
+    # The very tensors, classes and forms it had: not converted, not inference tensors,
+    # and no folded weights left beside them.
     after = dict([*module.named_parameters(), *module.named_buffers()])
+    assert after.keys() == before.keys()
     assert all(after[name] is tensor for name, tensor in before.items())
     assert all(t.is_contiguous() and not t.is_inference() for t in after.values())
     assert type(module.pool) is nn.MaxPool2d and module.blur.form == "reference"
+    assert type(module.conv) is nn.Conv2d and type(module.bn) is nn.BatchNorm2d
     module(torch.zeros(1, 3, 16, 16)).sum().backward()  # it still trains
     assert module.conv.weight.grad is not None
     plain = aabench.evaluate(
-        module, "accuracy", preprocessing=SMALL, workers=0, channels_last=False
-    )
+        module, "accuracy", preprocessing=SMALL, workers=0, channels_last=False,
+        fold_batchnorm=False,
+    )  # fmt: skip
     assert plain.provenance["channels_last"] is False
+    assert plain.provenance["folded_batchnorms"] == 0
 
 
 def test_evaluate_works_inside_inference_mode():

@@ -214,3 +214,31 @@ def test_every_blurpool_form_gives_the_same_table_and_is_recorded(cli, tmp_path)
     assert code == 2
     assert "--blurpool must be auto or one of reference, separable, cascade, fused" in err
     assert not bad.exists()
+
+
+def test_batchnorm_folding_is_recorded_and_refused_where_it_changes_what_is_measured(cli, tmp_path):
+    """Folded or not, the same table; the provenance says which; a suite that measures
+    layer outputs (the convolutions', which folding changes) refuses the flag."""
+    tables = {}
+    for flag, folded in (("--fold-batchnorm", 20), ("--no-fold-batchnorm", 0)):
+        out = tmp_path / flag
+        code, _, err = cli(
+            "run", *MODEL, "--suite", "accuracy", "--device", "cpu", "--workers", "0",
+            "--quiet", flag, "--out", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        provenance = json.loads((out / "resnet18_aa" / "accuracy.json").read_text())
+        assert provenance["folded_batchnorms"] == folded
+        tables[flag] = pd.read_csv(out / "resnet18_aa" / "accuracy.csv")[["metric", "value"]]
+    pd.testing.assert_frame_equal(tables["--fold-batchnorm"], tables["--no-fold-batchnorm"])
+    bad = tmp_path / "bad"
+    code, _, err = cli(
+        "run", *MODEL, "--suite", "equivariance", "--fold-batchnorm", "--quiet",
+        "--out", str(bad),
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "aabench: error: --fold-batchnorm: the equivariance suite measures layer outputs, "
+        "which folding changes; run it without the flag"
+    ]
+    assert not bad.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from torch import nn
 
 from aabench.data.folder import open_image_folder
@@ -82,6 +83,31 @@ def test_anti_aliased_resnet18_is_closer_to_equivariant_after_its_first_downsamp
     assert sorted(baseline) == sorted(blurred) == list(range(1, 10))
     for depth in range(2, 10):
         assert blurred[depth] < baseline[depth], depth
+
+
+def test_the_layers_it_measures_are_the_models_own_batchnorms_not_folded(noise, monkeypatch):
+    # Folding a BN into its conv would make the conv's output the BN's: the suite keeps
+    # the model as it is whatever the device's default, and would measure otherwise.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 1000),
+    ).eval()
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1.0, 1.0)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.2, 3.0)
+        model[1].bias.uniform_(-1.0, 1.0)
+    suite = EquivarianceSuite(max_shift=2, layers="0")
+    kept = records_of(model, suite, noise, fold_batchnorm=False)
+    pd.testing.assert_frame_equal(records_of(model, suite, noise), kept)
+    monkeypatch.setattr(EquivarianceSuite, "observes_layers", False)
+    folded = records_of(model, suite, noise, fold_batchnorm=True)
+    distances = [c for c in kept.columns if "[" in c]
+    assert not np.allclose(folded[distances], kept[distances])
 
 
 def test_table_rows_per_layer_and_the_heatmap_of_depth_2(noise):
