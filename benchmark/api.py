@@ -95,6 +95,7 @@ def evaluate(
     compile: bool = False,
     blurpool: str = "auto",
     fold_batchnorm: bool | None = None,
+    forward_chunk: int | None = None,
     quiet: bool = True,
     skip_bad_images: bool = False,
     **suite_params,
@@ -115,7 +116,9 @@ def evaluate(
     (channels-last on the CPU and CUDA); a module you pass gets its own layout back.
     ``fold_batchnorm``: None to compute each BatchNorm inside the convolution before it
     where that was measured faster (the CPU), True or False to choose; a module you pass
-    gets its own modules back.
+    gets its own modules back. ``forward_chunk``: views per model call within a pass;
+    None for the device's measured default (8 on the CPU, the whole pass on CUDA), 0 for
+    the whole pass.
     ``suite_params``: the suite's parameters (`aabench suites` lists them), as values or
     as the strings ``--set`` takes.
     """
@@ -157,6 +160,7 @@ def evaluate(
         compile=compile,
         blurpool=blurpool,
         fold_batchnorm=fold_batchnorm,
+        forward_chunk=forward_chunk,
         quiet=quiet or not world.is_main,
         skip_bad_images=skip_bad_images,
     )

@@ -232,16 +232,8 @@ class _Forward:
         _synchronise(device)
 
     def step(self) -> None:
-        prepared = self.prepared
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                self.device.type,
-                dtype=prepared.amp_dtype or torch.float32,
-                enabled=prepared.amp_dtype is not None,
-            ),
-        ):
-            prepared.module(self.x)
+        with torch.inference_mode():
+            self.prepared.forward(self.x)  # as a run calls it: AMP, chunks
 
     def until(
         self, deadline: Deadline, tick: Callable[[int | None], None], done: int = 0
@@ -466,9 +458,14 @@ def bench(
     # What the suite reads (a released ImageNet-C set), as `run` reads it.
     source, _, folder = data_for(suite, folder, device)
     folder = repeat_to(folder, images)
-    # Folding resolved once, with the suite: every phase and the baseline alike.
-    fold = options.folds_batchnorm(device, suite)
-    engine_options = replace(options, quiet=True, skip_bad_images=False, fold_batchnorm=fold)
+    # Folding and chunks resolved once, with the suite: every phase and the baseline alike.
+    engine_options = replace(
+        options,
+        quiet=True,
+        skip_bad_images=False,
+        fold_batchnorm=options.folds_batchnorm(device, suite),
+        forward_chunk=options.chunk_for(device, suite),
+    )
     share = seconds / (len(PHASES) if baseline is not None else len(PHASES) - 1)
     display = PhaseDisplay(quiet, share)
 

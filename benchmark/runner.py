@@ -222,6 +222,7 @@ def _run_suite(
         "compile": options.compile,
         "blurpool": blurpool_forms(model, options, device),
         "folded_batchnorms": folded_batchnorms(model, options, device, suite),
+        "forward_chunk": options.chunk_for(device, suite),
     }
     partial = (
         PartialRun(partial_directory(out, model.name, suite.name), identity, world.rank, session)
@@ -304,6 +305,8 @@ def _run_suite(
         "blurpool": blurpool_forms(model, options, device),
         # BatchNorms computed inside their convolutions (models.folding), 0: none.
         "folded_batchnorms": folded_batchnorms(model, options, device, suite),
+        # Views per model call within a pass (engine.FORWARD_CHUNK), 0: the whole pass.
+        "forward_chunk": options.chunk_for(device, suite),
         "batch_size": options.batch_size,
         "batch_size_halvings": [size for _, _, halvings in ranks for size in halvings],
         "workers": options.worker_count,

@@ -66,6 +66,13 @@ FOLD_BATCHNORM = typer.Option(
     help="Compute each BatchNorm inside the convolution before it (the same outputs to "
     "float rounding). Default: where measured faster (on for CPU).",
 )
+FORWARD_CHUNK = typer.Option(
+    None,
+    "--forward-chunk",
+    help="Views per model call within a pass (0: the whole pass); the same outputs to "
+    "float rounding. Default: measured for the device (8 on the CPU, whose cache then "
+    "holds a chunk's activations; the whole pass on CUDA).",
+)
 SET = typer.Option([], "--set", help="Override a suite parameter: --set key=value (repeatable).")
 JSON = typer.Option(False, "--json", help="Print JSON for machines.")
 WEIGHTS_URL = typer.Option(

@@ -17,6 +17,7 @@ from aabench.cli.app import (
     DEVICE,
     FACTORY_ARGS,
     FOLD_BATCHNORM,
+    FORWARD_CHUNK,
     INTERPOLATION,
     JSON,
     MEAN,
@@ -65,6 +66,7 @@ def bench_command(
     compile_model: bool = COMPILE,
     blurpool: str = BLURPOOL,
     fold_batchnorm: bool = FOLD_BATCHNORM,
+    forward_chunk: int = FORWARD_CHUNK,
     baseline: str = typer.Option(
         "auto",
         "--baseline",
@@ -130,6 +132,7 @@ def bench_command(
         compile=compile_model,
         blurpool=blurpool,
         fold_batchnorm=fold_batchnorm,
+        forward_chunk=forward_chunk,
     )
     loaded.build()
     folder = open_image_folder(data)

@@ -23,6 +23,7 @@ from aabench.cli.app import (
     DEVICE,
     FACTORY_ARGS,
     FOLD_BATCHNORM,
+    FORWARD_CHUNK,
     INTERPOLATION,
     JSON,
     MEAN,
@@ -84,6 +85,7 @@ def run(
     compile_model: bool = COMPILE,
     blurpool: str = BLURPOOL,
     fold_batchnorm: bool = FOLD_BATCHNORM,
+    forward_chunk: int = FORWARD_CHUNK,
     limit: int = typer.Option(None, "--limit", help="Evaluate a deterministic subset of N."),
     seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
     assignments: list[str] = SET,
@@ -188,11 +190,12 @@ def run(
         compile=compile_model,
         blurpool=blurpool,
         fold_batchnorm=fold_batchnorm,
+        forward_chunk=forward_chunk,
         quiet=quiet or as_json or not world.is_main,
         skip_bad_images=skip_bad_images,
     )
     for suite_object in suite_objects:
-        options.check_folding(suite_object)
+        options.check_suite(suite_object)
     loaded.build()
     # Before any image is read: views the model's downsampling cannot take are one
     # line, not a traceback from the first batch.

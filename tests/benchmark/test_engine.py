@@ -60,7 +60,9 @@ def grey_root(tmp_path):
 def test_batches_hold_exactly_batch_size_views(grey_root):
     # 6 images x 6 views (3 epochs x 2) = 36 views in passes of 8: 4 x 8 + 4.
     model = Recording(Constant())
-    evaluation = run(model, ShiftSuite(max_shift=8, epochs=3), grey_root, batch_size=8)
+    evaluation = run(
+        model, ShiftSuite(max_shift=8, epochs=3), grey_root, batch_size=8, forward_chunk=0
+    )
     assert model.batch_sizes == [8, 8, 8, 8, 4]
     assert evaluation.views == 36
     assert evaluation.images == 6
@@ -69,9 +71,26 @@ def test_batches_hold_exactly_batch_size_views(grey_root):
 @pytest.mark.parametrize("batch_size", [1, 5, 33, 64])
 def test_batch_sizes_for_many_views_per_image(grey_root, batch_size):
     model = Recording(Constant())
-    run(model, DiagonalSuite(max_offset=8), grey_root, batch_size=batch_size)  # 54 views
+    suite = DiagonalSuite(max_offset=8)  # 54 views
+    run(model, suite, grey_root, batch_size=batch_size, forward_chunk=0)
     full, rest = divmod(54, batch_size)
     assert model.batch_sizes == [batch_size] * full + ([rest] if rest else [])
+
+
+def test_a_pass_goes_through_the_model_in_chunks_with_the_same_records(grey_root):
+    # Passes of 8 views (36 = 4 x 8 + 4) called in chunks of 3: 3, 3, 2 and 3, 1; the
+    # records are those of whole passes (Brightness treats every view on its own).
+    suite = ShiftSuite(max_shift=8, epochs=3)
+    whole = run(Brightness(), suite, grey_root, batch_size=8, forward_chunk=0)
+    model = Recording(Brightness())
+    chunked = run(model, suite, grey_root, batch_size=8, forward_chunk=3)
+    assert model.batch_sizes == [3, 3, 2] * 4 + [3, 1]
+    pd.testing.assert_frame_equal(chunked.records, whole.records)
+    assert chunked.views == 36
+    # On the CPU the default is the measured chunk.
+    model = Recording(Brightness())
+    run(model, suite, grey_root, batch_size=16)
+    assert model.batch_sizes == [8, 8] * 2 + [4]
 
 
 def test_records_have_one_row_per_image_and_view(grey_root):
@@ -205,6 +224,7 @@ def test_device_resolution():
         ({"amp": "fp8"}, "--amp must be one of off, bf16, fp16, got 'fp8'"),
         ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
         ({"workers": -1}, "--workers must be 0 or more, got -1"),
+        ({"forward_chunk": -1}, "--forward-chunk must be 0 (the whole pass) or more, got -1"),
     ],
 )
 def test_invalid_options_are_user_errors(kwargs, message):

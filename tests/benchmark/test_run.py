@@ -216,7 +216,9 @@ def test_every_blurpool_form_gives_the_same_table_and_is_recorded(cli, tmp_path)
     assert not bad.exists()
 
 
-def test_batchnorm_folding_is_recorded_and_refused_where_it_changes_what_is_measured(cli, tmp_path):
+def test_folding_and_chunks_are_recorded_and_refused_where_they_change_what_is_measured(
+    cli, tmp_path
+):
     """Folded or not, the same table; the provenance says which; a suite that measures
     layer outputs (the convolutions', which folding changes) refuses the flag."""
     tables = {}
@@ -229,6 +231,7 @@ def test_batchnorm_folding_is_recorded_and_refused_where_it_changes_what_is_meas
         assert code == 0, err
         provenance = json.loads((out / "resnet18_aa" / "accuracy.json").read_text())
         assert provenance["folded_batchnorms"] == folded
+        assert provenance["forward_chunk"] == 8  # the CPU's measured chunk
         tables[flag] = pd.read_csv(out / "resnet18_aa" / "accuracy.csv")[["metric", "value"]]
     pd.testing.assert_frame_equal(tables["--fold-batchnorm"], tables["--no-fold-batchnorm"])
     bad = tmp_path / "bad"
@@ -240,5 +243,15 @@ def test_batchnorm_folding_is_recorded_and_refused_where_it_changes_what_is_meas
     assert err.strip().splitlines() == [
         "aabench: error: --fold-batchnorm: the equivariance suite measures layer outputs, "
         "which folding changes; run it without the flag"
+    ]
+    assert not bad.exists()
+    code, _, err = cli(
+        "run", *MODEL, "--suite", "equivariance", "--forward-chunk", "4", "--quiet",
+        "--out", str(bad),
+    )  # fmt: skip
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "aabench: error: --forward-chunk: the equivariance suite measures layer outputs "
+        "over whole passes; run it without the option"
     ]
     assert not bad.exists()
