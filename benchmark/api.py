@@ -289,7 +289,7 @@ def kept_modes(module: nn.Module):
         for name, p in sub._parameters.items()
         if p is not None
     ]
-    buffers = [(sub, dict(sub._buffers)) for sub in subs]
+    buffers = [(sub, dict(sub._buffers), set(sub._non_persistent_buffers_set)) for sub in subs]
     try:
         yield
     finally:
@@ -302,9 +302,11 @@ def kept_modes(module: nn.Module):
             for sub, name, parameter, data in parameters:
                 parameter.data = data
                 sub._parameters[name] = parameter
-        for sub, own in buffers:
+        for sub, own, non_persistent in buffers:  # folding adds buffers of its own
             sub._buffers.clear()
             sub._buffers.update(own)
+            sub._non_persistent_buffers_set.clear()
+            sub._non_persistent_buffers_set.update(non_persistent)
 
 
 # ------------------------------------------------------------------- distributed

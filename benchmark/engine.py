@@ -87,10 +87,11 @@ class EngineOptions:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers is not None:
             checks.workers(self.workers)
-        if self.forward_chunk is not None and self.forward_chunk < 0:
-            raise UserError(
-                f"--forward-chunk must be 0 (the whole pass) or more, got {self.forward_chunk}"
-            )
+        chunk = self.forward_chunk
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int)):
+            raise UserError(f"--forward-chunk must be a whole number of views, got {chunk!r}")
+        if chunk is not None and chunk < 0:
+            raise UserError(f"--forward-chunk must be 0 (the whole pass) or more, got {chunk}")
         if self.blurpool not in ("auto", *BLURPOOL_FORMS):
             raise UserError(
                 f"--blurpool must be auto or one of {', '.join(BLURPOOL_FORMS)}, "
@@ -503,10 +504,11 @@ class PreparedModel:
         ):
             if not self.chunk or x.shape[0] <= self.chunk:
                 return self.module(x)
-            parts = [self.module(part) for part in x.split(self.chunk)]
-            if not all(isinstance(part, torch.Tensor) for part in parts):
+            chunks = x.split(self.chunk)
+            first = self.module(chunks[0])
+            if not isinstance(first, torch.Tensor):
                 return self.module(x)  # outputs the engine cannot join: the pass whole
-            return torch.cat(parts)
+            return torch.cat([first, *(self.module(chunk) for chunk in chunks[1:])])
 
     @torch.inference_mode()
     def logits(self, views: torch.Tensor) -> torch.Tensor:

@@ -37,16 +37,22 @@ def folding_is_faster(device: torch.device | str, channels_last: bool) -> bool:
 
 
 class FoldedConv2d(nn.Conv2d):
-    """A Conv2d that computes conv -> BN with the folded weight and bias buffers."""
+    """A Conv2d that computes conv -> BN with the folded weight and bias buffers (in
+    training mode, a plain convolution again: the fold holds for eval only)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
         return self._conv_forward(x, self.folded_weight, self.folded_bias)
 
 
 class FoldedBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d whose map its convolution already applies."""
+    """A BatchNorm2d whose map its convolution already applies (in training mode, a
+    BatchNorm again)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
         return x
 
 
@@ -76,6 +82,9 @@ def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
     if graph is None:
         return []
     calls = [node for node in graph.nodes if node.op == "call_module"]
+    # A module's tensors read outside its own call (``conv.forward(x)`` traces as
+    # conv2d on them, ``conv.weight`` used elsewhere) would see the folded computation.
+    read = [node.target for node in graph.nodes if node.op == "get_attr"]
     times_called: dict[str, int] = {}
     for node in calls:
         times_called[node.target] = times_called.get(node.target, 0) + 1
@@ -96,6 +105,7 @@ def foldable_pairs(module: nn.Module) -> list[tuple[str, str]]:
             and times_called[node.target] == times_called[user.target] == 1
             and not _hooked(conv)
             and not _hooked(norm)
+            and not any(t.startswith((f"{node.target}.", f"{user.target}.")) for t in read)
         ):
             pairs.append((node.target, user.target))
     return pairs
@@ -133,7 +143,8 @@ def fold_batchnorms(module: nn.Module, enabled: bool) -> int:
     for sub in module.modules():
         if type(sub) is FoldedConv2d:
             sub.__class__ = nn.Conv2d
-            del sub._buffers["folded_weight"], sub._buffers["folded_bias"]
+            delattr(sub, "folded_weight")
+            delattr(sub, "folded_bias")
         elif type(sub) is FoldedBatchNorm2d:
             sub.__class__ = nn.BatchNorm2d
     if not enabled:

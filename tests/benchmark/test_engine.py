@@ -225,6 +225,7 @@ def test_device_resolution():
         ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
         ({"workers": -1}, "--workers must be 0 or more, got -1"),
         ({"forward_chunk": -1}, "--forward-chunk must be 0 (the whole pass) or more, got -1"),
+        ({"forward_chunk": True}, "--forward-chunk must be a whole number of views, got True"),
     ],
 )
 def test_invalid_options_are_user_errors(kwargs, message):
@@ -287,3 +288,13 @@ def test_the_main_process_keeps_few_threads_while_a_gpu_runs_the_model():
     assert torch.get_num_threads() == before
     with _main_threads(torch.device("cpu")):  # on the CPU the model needs them all
         assert torch.get_num_threads() == before
+
+
+def test_a_suite_that_measures_layers_sees_whole_passes_of_the_unfolded_model():
+    from aabench.suites.equivariance import EquivarianceSuite
+
+    cpu, options = torch.device("cpu"), EngineOptions()
+    assert options.chunk_for(cpu, ShiftSuite()) == 8  # the CPU's defaults otherwise
+    assert options.folds_batchnorm(cpu, ShiftSuite()) is True
+    assert options.chunk_for(cpu, EquivarianceSuite()) == 0
+    assert options.folds_batchnorm(cpu, EquivarianceSuite()) is False

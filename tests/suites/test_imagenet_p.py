@@ -375,7 +375,7 @@ def test_batch_size_one_runs_sequences_whole_until_memory_runs_out(val):
 
     model = RunsOutOfMemoryAbove(Constant(), limit=8)
     suite = ImageNetPSuite(perturbations="rotate", generate=True)
-    evaluation = run(model, suite, val, batch_size=1)
+    evaluation = run(model, suite, val, batch_size=1, forward_chunk=0)  # whole passes
     # A 31-frame pass at --batch-size 1 is out of memory: halved (to 1) and run.
     assert evaluation.batch_size_halvings == [1]
     assert set(model.batch_sizes) == {1}
@@ -386,7 +386,7 @@ def test_batch_size_one_runs_sequences_whole_until_memory_runs_out(val):
 def test_every_sequence_goes_through_the_model_in_one_forward_pass(val, batch_size):
     model = Recording(Constant())
     suite = ImageNetPSuite(perturbations="translate,rotate", generate=True)
-    run(model, suite, val, batch_size=batch_size)
+    run(model, suite, val, batch_size=batch_size, forward_chunk=0)  # the model sees passes
     runs = [41, 31, 41, 31]
     # Each pass holds whole sequences: its size is a sum of consecutive runs.
     position = 0

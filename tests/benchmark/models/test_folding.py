@@ -128,9 +128,20 @@ class _Untraceable(nn.Module):
 
 
 def _hooked():
-    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)).eval()
     model[0].register_forward_hook(lambda *args: None)
     return model
+
+
+class _ForwardCalled(nn.Module):
+    """The convolution also run through its ``forward`` (traced as its tensors read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.conv.forward(x)
 
 
 def _training():
@@ -141,13 +152,15 @@ def _training():
 
 @pytest.mark.parametrize(
     "make",
-    [_Shared, _Twice, _Untraceable, _hooked, _training],
-    ids=["output-shared", "called-twice", "untraceable", "hooked", "training"],
+    [_Shared, _Twice, _ForwardCalled, _Untraceable, _hooked, _training],
+    ids=["output-shared", "called-twice", "forward-called", "untraceable", "hooked", "training"],
 )
 def test_what_cannot_be_folded_is_left_as_it_is(make):
     model = make()
     if not isinstance(model, nn.Sequential):
         model.eval()
+    # Each would fold but for the reason it stands for (here: all in eval, no hooks).
+    assert not any(sub.training for sub in model.modules()) or make is _training
     assert foldable_pairs(model) == []
     assert fold_batchnorms(model, True) == 0
     assert not any(type(sub) in (FoldedConv2d, FoldedBatchNorm2d) for sub in model.modules())
@@ -172,3 +185,44 @@ def test_tracing_leaves_the_models_own_state_alone():
     assert model.seen == []  # the trace's proxies went to a stand-in copy
     model(torch.zeros(1, 2, 3, 3))
     assert len(model.seen) == 1 and isinstance(model.seen[0], torch.Tensor)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        {"bias": False},
+        {"dilation": 2, "padding": 2, "padding_mode": "reflect"},
+        {"groups": 2, "stride": 2},
+    ],
+    ids=["no-bias", "dilated-reflect", "grouped-strided"],
+)
+@pytest.mark.parametrize("affine", [True, False])
+def test_every_convolution_and_batchnorm_kind_folds_exactly(conv, affine):
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, **conv), nn.BatchNorm2d(6, affine=affine)).eval()
+    if affine:
+        _randomise_statistics(model)
+    else:
+        model[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 4, 11, 11, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(x)
+        assert fold_batchnorms(model, True) == 1
+        torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_a_folded_model_put_back_in_training_computes_as_before():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    fold_batchnorms(model, True)
+    model.train()
+    x = torch.randn(4, 3, 8, 8)
+    model(x).sum().backward()  # a plain conv and BN again: gradients, statistics
+    assert model[0].weight.grad is not None
+    assert model[1].num_batches_tracked.item() == 1
+
+
+def test_undoing_a_fold_leaves_no_trace():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    fold_batchnorms(model, True)
+    fold_batchnorms(model, False)
+    conv = model[0]
+    assert set(conv._buffers) == set() and conv._non_persistent_buffers_set == set()
