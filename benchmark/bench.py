@@ -98,6 +98,8 @@ class BenchResult:
     views_per_image: int
     seconds_per_phase: float
     against_baseline: BaselineResult | None = None
+    # The forward-only phase's two halves, before the pipeline and after the end to end.
+    forward_halves: tuple[PhaseResult, PhaseResult] | None = None
 
     @property
     def images(self) -> int:
@@ -130,7 +132,7 @@ class Deadline:
     check, so a test's clock decides exactly how many batches a phase runs."""
 
     def __init__(self, seconds: float, clock: Clock):
-        self.clock = clock
+        self.clock, self.seconds = clock, seconds
         self.start = self.now = clock()
         self.end = self.start + seconds
 
@@ -149,8 +151,8 @@ class PhaseDisplay:
     share of the budget used, views so far), elsewhere (a log) a line when it starts;
     for every phase a line with its result when it ends. Silent when ``quiet``."""
 
-    def __init__(self, quiet: bool, share: float):
-        self.quiet, self.share = quiet, share
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
         if not quiet:
             from rich.console import Console
 
@@ -165,7 +167,7 @@ class PhaseDisplay:
         from rich.progress import BarColumn, Progress, TextColumn
 
         if not self.console.is_terminal:  # a log: no live bar, a line to say what runs
-            self.console.print(f"bench: {name}: running (up to {self.share:.1f} s)")
+            self.console.print(f"bench: {name}: running (up to {deadline.seconds:.1f} s)")
             yield lambda views=None: None
             return
         bar = Progress(
@@ -176,14 +178,14 @@ class PhaseDisplay:
             console=self.console,
             transient=True,
         )
-        task = bar.add_task(name, total=self.share, views="")
+        task = bar.add_task(name, total=deadline.seconds, views="")
         seen = {"views": 0}
 
         def tick(views: int | None = None) -> None:
             if views is not None:
                 seen["views"] = views
             shown = f"{seen['views']} views" if views is not None or seen["views"] else ""
-            bar.update(task, completed=min(deadline.elapsed, self.share), views=shown)
+            bar.update(task, completed=min(deadline.elapsed, deadline.seconds), views=shown)
 
         with bar:
             yield tick
@@ -467,16 +469,25 @@ def bench(
         forward_chunk=options.chunk_for(device, suite),
     )
     share = seconds / (len(PHASES) if baseline is not None else len(PHASES) - 1)
-    display = PhaseDisplay(quiet, share)
+    display = PhaseDisplay(quiet)
 
-    def run(name: str, measure: Callable[..., PhaseResult]) -> PhaseResult:
-        deadline = Deadline(share, clock)
+    def run(name: str, measure: Callable[..., PhaseResult], budget: float = share):
+        deadline = Deadline(budget, clock)
         with display.phase(name, deadline) as tick:
             result = measure(deadline, tick)
         display.done(result)
         return result
 
-    forward = run(PHASES[0], lambda d, tick: forward_only(model, device, engine_options, d, tick))
+    def forward_half() -> PhaseResult:
+        return run(
+            PHASES[0],
+            lambda d, tick: forward_only(model, device, engine_options, d, tick),
+            share / 2,
+        )
+
+    # Forward-only in two halves around the other phases: a machine whose speed drifts
+    # during the bench (a shared or throttling one) moves the ceiling as it moves them.
+    first = forward_half()
     pipeline = run(
         PHASES[1],
         lambda d, tick: pipeline_only(model, suite, folder, engine_options, seed, d, tick, source),
@@ -487,6 +498,8 @@ def bench(
             model, suite, folder, engine_options, seed, device, d, tick, source
         ),
     )
+    second = forward_half()
+    forward = PhaseResult(PHASES[0], first.views + second.views, first.seconds + second.seconds)
     compared = None
     if baseline is not None:
         with display.phase(PHASES[3], Deadline(share, clock)) as tick:
@@ -500,4 +513,5 @@ def bench(
         views_per_image=suite.views_per_image(),
         seconds_per_phase=share,
         against_baseline=compared,
+        forward_halves=(first, second),
     )

@@ -165,6 +165,8 @@ def bench_command(
         "end_to_end_views": result.end_to_end.views,
         "end_to_end_seconds": result.end_to_end.seconds,
         "forward_views_per_second": result.forward_views_per_second,
+        # Before the pipeline and after the end to end: how much the machine drifted.
+        "forward_halves_views_per_second": [h.views_per_second for h in result.forward_halves],
         "pipeline_views_per_second": result.pipeline_views_per_second,
         "end_to_end_views_per_second": result.end_to_end_views_per_second,
         "end_to_end_over_forward": result.end_to_end_over_forward,
