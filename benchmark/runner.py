@@ -301,12 +301,13 @@ def _run_suite(
         "amp": options.amp,
         "channels_last": options.uses_channels_last(device),
         "compile": options.compile,
-        # BlurPool's form per module count ({"reference": 11}): what computed the numbers.
-        "blurpool": blurpool_forms(model, options, device),
-        # BatchNorms computed inside their convolutions (models.folding), 0: none.
-        "folded_batchnorms": folded_batchnorms(model, options, device, suite),
-        # Views per model call within a pass (engine.FORWARD_CHUNK), 0: the whole pass.
-        "forward_chunk": options.chunk_for(device, suite),
+        # What computed the numbers, as this session set it up: BlurPool's form per
+        # module count ({"reference": 11}), the BatchNorms computed inside their
+        # convolutions (models.folding; 0: none), the views per model call within a
+        # pass (engine.FORWARD_CHUNK; 0: the whole pass).
+        "blurpool": session["blurpool"],
+        "folded_batchnorms": session["folded_batchnorms"],
+        "forward_chunk": session["forward_chunk"],
         "batch_size": options.batch_size,
         "batch_size_halvings": [size for _, _, halvings in ranks for size in halvings],
         "workers": options.worker_count,

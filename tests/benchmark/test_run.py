@@ -235,23 +235,14 @@ def test_folding_and_chunks_are_recorded_and_refused_where_they_change_what_is_m
         tables[flag] = pd.read_csv(out / "resnet18_aa" / "accuracy.csv")[["metric", "value"]]
     pd.testing.assert_frame_equal(tables["--fold-batchnorm"], tables["--no-fold-batchnorm"])
     bad = tmp_path / "bad"
-    code, _, err = cli(
-        "run", *MODEL, "--suite", "equivariance", "--fold-batchnorm", "--quiet",
-        "--out", str(bad),
-    )  # fmt: skip
-    assert code == 2
-    assert err.strip().splitlines() == [
-        "aabench: error: --fold-batchnorm: the equivariance suite measures layer outputs, "
-        "which folding changes; run it without the flag"
-    ]
-    assert not bad.exists()
-    code, _, err = cli(
-        "run", *MODEL, "--suite", "equivariance", "--forward-chunk", "4", "--quiet",
-        "--out", str(bad),
-    )  # fmt: skip
-    assert code == 2
-    assert err.strip().splitlines() == [
-        "aabench: error: --forward-chunk: the equivariance suite measures layer outputs "
-        "over whole passes; run it without the option"
-    ]
-    assert not bad.exists()
+    refusals = {
+        ("--fold-batchnorm",): "--fold-batchnorm: the equivariance suite measures layer "
+        "outputs, which folding changes; run it without the flag",
+        ("--forward-chunk", "4"): "--forward-chunk: the equivariance suite measures layer "
+        "outputs over whole passes; run it without the option",
+    }
+    for flag, message in refusals.items():
+        code, _, err = cli("run", *MODEL, "--suite", "equivariance", *flag, "--out", str(bad))
+        assert code == 2
+        assert err.strip().splitlines() == [f"aabench: error: {message}"]
+        assert not bad.exists()
